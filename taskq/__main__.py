@@ -1,0 +1,5 @@
+"""``python -m taskq`` runs the CLI."""
+
+from taskq.cli import main
+
+main()

@@ -1,0 +1,383 @@
+"""The ``taskq`` command: parse, call the public API, print.
+
+Exit codes: 0 ok, 1 a task or Redis failed, 2 usage error. Errors are one line on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any, TypeVar
+
+import click
+import redis
+
+from taskq import registry
+from taskq.broker import Broker, all_queues, connect, live_nodes
+from taskq.client import Client
+from taskq.config import Settings
+from taskq.errors import BrokerError, ConfigError, TaskError, TaskqError, UnknownTaskError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Failure(Exception):
+    """A one-line failure with exit code 1 (a task failed, nothing found)."""
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn every expected error into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, UnknownTaskError, TypeError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
+        except TaskError as exc:
+            _fail(f"task failed: {exc}")
+        except (Failure, BrokerError, TaskqError) as exc:
+            _fail(str(exc))
+        except redis.RedisError as exc:
+            _fail(f"Redis error: {exc}")
+        except KeyboardInterrupt:
+            click.echo("taskq: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str) -> None:
+    click.echo(f"taskq: error: {message}", err=True)
+    sys.exit(1)
+
+
+def parse_arg(text: str) -> Any:
+    """A CLI argument is a JSON literal where it parses (``10``, ``[1,2]``), else a string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def import_modules(modules: Sequence[str]) -> None:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the project's own modules
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise ConfigError(f"no module named {module!r} (is it on PYTHONPATH?)")
+    registry.import_task_modules(modules)
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    return Settings.from_env(url=ctx.obj["url"], **overrides)
+
+
+url_option = click.option(
+    "--url", envvar="TASKQ_URL", default=None,
+    help="Redis URL (default redis://localhost:6379/0; env TASKQ_URL).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@url_option
+@click.version_option(package_name="taskq")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None) -> None:
+    """taskq: CPU tasks over Redis, run by batch-pulling worker nodes."""
+    ctx.ensure_object(dict)
+    ctx.obj["url"] = url
+
+
+# -- enqueue / run ---------------------------------------------------------------------
+
+
+def _plan(task_name: str, args: Sequence[Any], chunk_size: int) -> tuple[registry.TaskSpec, list[list[Any]]]:
+    spec = registry.find_task(task_name)
+    if spec is None:
+        known = ", ".join(registry.task_names())
+        raise UnknownTaskError(f"unknown task {task_name!r} (known: {known}; add yours with --import MODULE)")
+    if spec.split_range and len(args) == 2 and all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+        start, end = args
+        if chunk_size < 1:
+            raise ConfigError("--chunk-size must be at least 1")
+        calls = [[s, min(s + chunk_size, end)] for s in range(start, end, chunk_size)]
+        for call in calls or [list(args)]:
+            registry.check_call(spec, call, {})
+        return spec, calls
+    registry.check_call(spec, args, {})
+    return spec, [list(args)]
+
+
+def _submit_and_report(client: Client, spec: registry.TaskSpec, calls: list[list[Any]],
+                       no_wait: bool, timeout: float | None) -> None:
+    reduce = spec.reduce if len(calls) > 1 or spec.split_range else None
+    if no_wait:
+        futures, batch = client.submit_many(spec.name, calls, batch=True, reduce=reduce)
+        assert batch is not None
+        click.echo(batch.id)
+        return
+    futures, batch = client.submit_many(spec.name, calls, batch=True, reduce=reduce)
+    assert batch is not None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = set(futures)
+    with click.progressbar(length=len(futures), label=f"{spec.name}", file=sys.stderr,
+                           show_pos=True) as bar:
+        while pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise Failure(f"timed out; the tasks go on: `taskq result {batch.id}` later")
+            finished, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+            bar.update(len(finished))
+    values = [f.result() for f in futures]
+    click.echo(_format(_reduce(reduce, values)))
+
+
+def _reduce(how: str | None, values: list[Any]) -> Any:
+    if how == "sum":
+        return sum(values)
+    return values[0] if len(values) == 1 else values
+
+
+def _format(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("args", nargs=-1)
+@click.option("--queue", "-q", default=None, help="Queue to use (default 'default').")
+@click.option("--chunk-size", default=10_000, show_default=True,
+              help="Items per task when a range task such as primes is split.")
+@click.option("--no-wait", is_flag=True, help="Print the batch id and return at once.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for results.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Module whose @task functions to register (repeatable).")
+@click.pass_context
+@friendly_errors
+def enqueue(ctx: click.Context, task: str, args: tuple[str, ...], queue: str | None,
+            chunk_size: int, no_wait: bool, timeout: float | None, imports: tuple[str, ...]) -> None:
+    """Enqueue TASK with ARGS (JSON literals, else strings), wait, and print its result.
+
+    A range task such as `primes START END` is split into chunks of --chunk-size.
+    """
+    import_modules(imports)
+    spec, calls = _plan(task, [parse_arg(a) for a in args], chunk_size)
+    settings = _settings(ctx, queues=(queue,) if queue else None)
+    with Client(settings=settings) as client:
+        _submit_and_report(client, spec, calls, no_wait, timeout)
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("args", nargs=-1)
+@click.option("--procs", "-p", type=int, default=None, help="Pool processes (default: CPU count).")
+@click.option("--chunk-size", default=10_000, show_default=True,
+              help="Items per task when a range task such as primes is split.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Module whose @task functions to register (repeatable).")
+@friendly_errors
+def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
+        imports: tuple[str, ...]) -> None:
+    """All in one: an embedded Redis, a local worker node, TASK ARGS, the result.
+
+    No Redis installation needed: `taskq run primes 0 50000 --procs 4`.
+    """
+    from taskq.embedded import EmbeddedRedis
+
+    import_modules(imports)
+    spec, calls = _plan(task, [parse_arg(a) for a in args], chunk_size)
+    settings = Settings.from_env(procs=procs)
+    with EmbeddedRedis() as server:
+        cmd = [sys.executable, "-m", "taskq", "--url", server.url, "worker",
+               "--procs", str(settings.procs), "--log-level", "warning"]
+        for module in imports:
+            cmd += ["--import", module]
+        node = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        try:
+            with Client(settings=settings.with_(url=server.url)) as client:
+                _submit_and_report(client, spec, calls, False, None)
+        finally:
+            node.send_signal(signal.SIGTERM)
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+
+
+# -- worker ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--procs", "-p", type=int, default=None, help="Pool processes (default: CPU count).")
+@click.option("--queue", "-q", "queues", multiple=True, help="Queue to serve (repeatable; default 'default').")
+@click.option("--batch", type=int, default=None, help="Most tasks claimed per Redis call (default 256).")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Module whose @task functions to register (repeatable).")
+@click.option("--init", "init", default=None, metavar="MODULE:FUNC",
+              help="Per-process initializer, run once in every pool process.")
+@click.option("--init-args", default=None, metavar="JSON", help="JSON array of initializer arguments.")
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing is in flight.")
+@click.option("--lease", type=float, default=None, help="Seconds before an unrenewed task is reclaimed (default 30).")
+@click.option("--max-tasks-per-child", type=int, default=None, help="Replace a process after N tasks.")
+@click.option("--max-memory-per-child", type=float, default=None, metavar="MB",
+              help="Replace a process whose resident memory passes MB.")
+@click.option("--shutdown-timeout", type=float, default=None,
+              help="Seconds a graceful stop waits for running tasks (default 30).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.pass_context
+@friendly_errors
+def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], batch: int | None,
+           imports: tuple[str, ...], init: str | None, init_args: str | None, burst: bool,
+           lease: float | None, max_tasks_per_child: int | None,
+           max_memory_per_child: float | None, shutdown_timeout: float | None, log_level: str) -> None:
+    """Run a worker node until SIGTERM/SIGINT (a second signal stops at once)."""
+    from taskq.worker import Node
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import_modules(imports)
+    parsed_args: list[Any] = []
+    if init_args is not None:
+        try:
+            parsed_args = json.loads(init_args)
+        except ValueError as exc:
+            raise ConfigError(f"--init-args is not valid JSON: {exc}") from None
+        if not isinstance(parsed_args, list):
+            raise ConfigError("--init-args must be a JSON array of arguments")
+    if init:
+        registry.resolve_callable(init)  # fail here, in one line, not in every process
+    settings = _settings(
+        ctx, procs=procs, queues=queues or None, batch=batch, lease=lease,
+        max_tasks_per_child=max_tasks_per_child, shutdown_timeout=shutdown_timeout,
+        max_memory_per_child=int(max_memory_per_child * 1024 * 1024) if max_memory_per_child else None,
+    )
+    node = Node(settings, imports=imports, init=init, init_args=parsed_args, burst=burst)
+    try:
+        node.client.ping()
+    except redis.RedisError as exc:
+        raise BrokerError(f"cannot reach Redis at {settings.url}: {exc}") from None
+    sys.exit(node.run())
+
+
+# -- inspection ------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("id")
+@click.option("--queue", "-q", default=None, help="Queue the task ran on (default 'default').")
+@click.pass_context
+@friendly_errors
+def result(ctx: click.Context, id: str, queue: str | None) -> None:
+    """Print the result of a finished task or batch (exit 1 if it failed)."""
+    settings = _settings(ctx, queues=(queue,) if queue else None)
+    with Client(settings=settings) as client:
+        outcome = client.result(id)
+        if outcome is not None:
+            click.echo(_format(outcome.result()))
+            return
+        status = client.broker.batch_status(id)
+        if not status:
+            raise Failure(f"no result for {id!r}: unknown id, not finished, or expired")
+        total, done, failed = (int(status.get(k, 0)) for k in ("total", "done", "failed"))
+        if done + failed < total:
+            raise Failure(f"batch {id}: {done + failed}/{total} finished so far")
+        ids = [f"{id}.{i}" for i in range(total)]
+        raws = client.redis.mget([client.broker.keys.result(t) for t in ids])
+        from taskq.message import decode_outcome
+
+        outcomes = [decode_outcome(r) if r else None for r in raws]
+        if any(o is None for o in outcomes):
+            raise Failure(f"batch {id}: some results have expired")
+        values = [o.result() for o in outcomes if o is not None]
+        click.echo(_format(_reduce(status.get("reduce"), values)))
+
+
+@cli.command()
+@click.pass_context
+@friendly_errors
+def info(ctx: click.Context) -> None:
+    """Each queue's depth, in-flight, done/failed counts, and the live nodes."""
+    settings = _settings(ctx)
+    client = connect(settings.url, socket_connect_timeout=5.0, socket_timeout=10.0)
+    try:
+        queues = all_queues(client)
+        nodes = live_nodes(client)
+    except redis.RedisError as exc:
+        raise BrokerError(f"cannot reach Redis at {settings.url}: {exc}") from None
+    header = f"{'queue':<20}{'queued':>10}{'in-flight':>11}{'delayed':>9}{'done':>10}{'failed':>9}{'dead':>7}"
+    click.echo(header)
+    for q in queues:
+        s = Broker(client, q).info()
+        click.echo(f"{q:<20}{s['queued']:>10}{s['in_flight']:>11}{s['delayed']:>9}"
+                   f"{s['done']:>10}{s['failed']:>9}{s['dead']:>7}")
+    click.echo(f"\n{len(nodes)} live node(s)")
+    for n in nodes:
+        click.echo(f"  {n.get('id')}  procs={n.get('procs')} queues={n.get('queues')} "
+                   f"processed={n.get('processed')} failed={n.get('failed')} in-flight={n.get('in_flight')}")
+
+
+@cli.group()
+def dead() -> None:
+    """Inspect, retry or purge dead-lettered tasks."""
+
+
+def _dead_broker(ctx: click.Context, queue: str | None) -> Broker:
+    settings = _settings(ctx.find_root(), queues=(queue,) if queue else None)
+    client = connect(settings.url, socket_connect_timeout=5.0, socket_timeout=10.0)
+    return Broker(client, settings.queues[0])
+
+
+@dead.command("list")
+@click.option("--queue", "-q", default=None)
+@click.option("--limit", default=100, show_default=True)
+@click.pass_context
+@friendly_errors
+def dead_list(ctx: click.Context, queue: str | None, limit: int) -> None:
+    """List dead-lettered tasks: id, reason."""
+    for dead_id, fields in _dead_broker(ctx, queue).dead_entries(limit):
+        click.echo(f"{dead_id}  {fields.get(b'reason', b'').decode(errors='replace')}")
+
+
+@dead.command("retry")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Retry every dead-lettered task.")
+@click.option("--queue", "-q", default=None)
+@click.pass_context
+@friendly_errors
+def dead_retry(ctx: click.Context, ids: tuple[str, ...], all_: bool, queue: str | None) -> None:
+    """Put dead-lettered tasks back on the queue (IDs from `taskq dead list`)."""
+    if not ids and not all_:
+        raise ConfigError("give dead-letter IDs or --all")
+    n = _dead_broker(ctx, queue).dead_retry(None if all_ else list(ids))
+    click.echo(f"requeued {n} task(s)")
+
+
+@dead.command("purge")
+@click.option("--queue", "-q", default=None)
+@click.pass_context
+@friendly_errors
+def dead_purge(ctx: click.Context, queue: str | None) -> None:
+    """Delete every dead-lettered task of the queue."""
+    n = _dead_broker(ctx, queue).dead_purge()
+    click.echo(f"purged {n} task(s)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="taskq")

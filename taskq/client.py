@@ -1,0 +1,356 @@
+"""The producer API: submit tasks, get ``concurrent.futures.Future`` results back.
+
+Results arrive by push, not polling: every client has a reply inbox (a Redis list) that
+the completion script pushes outcomes to, and one listener thread blocks on it
+(``BLPOP``) and resolves futures. Enqueueing many tasks is one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from taskq import registry
+from taskq.broker import Broker, connect
+from taskq.config import Settings
+from taskq.errors import BrokerError, TaskError, task_error
+from taskq.message import Outcome, TaskMessage, decode_outcome, decode_outcomes, sign
+
+log = logging.getLogger("taskq.client")
+
+TaskRef = Callable[..., Any] | str
+_STOP = b"stop"
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    total: int
+    done: int
+    failed: int
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def complete(self) -> bool:
+        return self.finished >= self.total
+
+
+class Batch:
+    """Many tasks counted together; ``wait()`` blocks until every one has finished."""
+
+    def __init__(self, client: Client, batch_id: str, total: int) -> None:
+        self.client, self.id, self.total = client, batch_id, total
+
+    def status(self) -> BatchStatus:
+        raw = self.client.broker.batch_status(self.id)
+        total = int(raw.get("total", self.total))
+        return BatchStatus(total, int(raw.get("done", 0)), int(raw.get("failed", 0)))
+
+    def wait(
+        self, timeout: float | None = None, progress: Callable[[BatchStatus], None] | None = None
+    ) -> BatchStatus:
+        """Block until the batch is complete; ``progress`` is called as counts move."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        events = self.client.broker.keys.batch_events(self.id)
+        while True:
+            status = self.status()
+            if progress is not None:
+                progress(status)
+            if status.complete:
+                return status
+            left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if left <= 0:
+                raise TimeoutError(f"batch {self.id}: {status.finished}/{status.total} finished")
+            # Rotating the one-element events list leaves it for other waiters.
+            self.client.redis.blmove(events, events, max(left, 0.01), "RIGHT", "LEFT")
+
+
+class Client:
+    """A producer for one queue. Thread-safe; cheap to keep for the life of a program."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        queue: str | None = None,
+        result_ttl: float | None = None,
+        secret: bytes | str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        if isinstance(secret, str):
+            secret = secret.encode()
+        self.settings = settings or Settings.from_env(
+            url=url, queues=(queue,) if queue else None, result_ttl=result_ttl, secret=secret
+        )
+        self.url = self.settings.url
+        self.queue = self.settings.queues[0]
+        self.redis = connect(self.url, socket_connect_timeout=5.0, socket_timeout=30.0)
+        self.broker = Broker(self.redis, self.queue)
+        self.client_id = os.urandom(8).hex()
+        self._ids = itertools.count()
+        self._futures: dict[str, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._group_ready = False
+
+    # -- building and sending messages ------------------------------------------------
+
+    def _new_id(self) -> str:
+        return f"{self.client_id}-{next(self._ids)}"
+
+    def _message(
+        self,
+        fn: TaskRef,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        *,
+        task_id: str | None = None,
+        reply: bool = True,
+        keep_result: bool = True,
+        batch: str | None = None,
+        timeout: float | None = None,
+        chunk: bool = False,
+    ) -> TaskMessage:
+        name = registry.name_of(fn)
+        spec = registry.find_task(name)
+        if spec is not None:
+            for call_args in args if chunk else [args]:
+                registry.check_call(spec, call_args, kwargs or {})
+        return TaskMessage(
+            id=task_id or self._new_id(), task=name,
+            args=[list(a) for a in args] if chunk else list(args), kwargs=kwargs or {},
+            reply_to=self.client_id if reply else None, batch=batch,
+            keep_result=keep_result, timeout=timeout, chunk=chunk,
+        )
+
+    def _enqueue(self, messages: Sequence[TaskMessage], batch: tuple[str, dict[str, str]] | None = None) -> None:
+        """XADD every message in one pipelined round trip (a batch hash first)."""
+        try:
+            if not self._group_ready:
+                self.broker.ensure_group()
+                self._group_ready = True
+            pipe = self.redis.pipeline(transaction=False)
+            if batch is not None:
+                self.broker.create_batch(pipe, batch[0], len(messages), self.settings.result_ttl,
+                                         **batch[1])
+            secret = self.settings.secret
+            for msg in messages:
+                body = msg.encode()
+                self.broker.enqueue(pipe, body, sign(secret, body) if msg.payload is not None and secret else None)
+            self.broker.count_enqueued(pipe, len(messages))
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerError(f"cannot reach Redis at {self.url}: {exc}") from None
+
+    def _track(self, messages: Sequence[TaskMessage]) -> list[Future[Any]]:
+        futures: list[Future[Any]] = []
+        with self._lock:
+            for msg in messages:
+                fut: Future[Any] = Future()
+                fut.task_id = msg.id  # type: ignore[attr-defined]
+                self._futures[msg.id] = fut
+                futures.append(fut)
+        self._ensure_listener()
+        return futures
+
+    def _submit_messages(self, messages: Sequence[TaskMessage],
+                         batch: tuple[str, dict[str, str]] | None = None) -> list[Future[Any]]:
+        futures = self._track(messages)
+        try:
+            self._enqueue(messages, batch)
+        except BaseException:
+            with self._lock:
+                for msg in messages:
+                    self._futures.pop(msg.id, None)
+            raise
+        return futures
+
+    # -- public API -------------------------------------------------------------------
+
+    def submit(self, fn: TaskRef, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` on a worker; its result arrives in the Future."""
+        return self.apply(fn, args, kwargs)
+
+    def apply(
+        self, fn: TaskRef, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+        timeout: float | None = None,
+    ) -> Future[Any]:
+        """:meth:`submit` with per-call options (``timeout`` overrides the task's)."""
+        msg = self._message(fn, args, kwargs, timeout=timeout)
+        return self._submit_messages([msg])[0]
+
+    def submit_many(
+        self, fn: TaskRef, arglists: Iterable[Sequence[Any]], *, batch: bool = False,
+        reduce: str | None = None,
+    ) -> tuple[list[Future[Any]], Batch | None]:
+        """Many calls in one round trip. With ``batch``, they are also counted as a
+        batch whose results ``taskq result BATCH_ID`` can read later."""
+        batch_id = os.urandom(6).hex() if batch else None
+        messages = [
+            self._message(fn, args, None, batch=batch_id,
+                          task_id=f"{batch_id}.{i}" if batch_id else None)
+            for i, args in enumerate(arglists)
+        ]
+        extra = {"reduce": reduce} if reduce else {}
+        futures = self._submit_messages(messages, (batch_id, extra) if batch_id else None)
+        return futures, Batch(self, batch_id, len(messages)) if batch_id else None
+
+    def send(self, fn: TaskRef, /, *args: Any, **kwargs: Any) -> str:
+        """Fire-and-forget: no result is stored, its completion is still counted."""
+        msg = self._message(fn, args, kwargs, reply=False, keep_result=False)
+        self._enqueue([msg])
+        return msg.id
+
+    def send_many(self, fn: TaskRef, arglists: Iterable[Sequence[Any]], *,
+                  keep_results: bool = False, **extra: str) -> Batch:
+        """Fire-and-forget many tasks as one batch: ``wait()`` on it, watch its progress."""
+        batch_id = os.urandom(6).hex()
+        messages = [
+            self._message(fn, args, None, task_id=f"{batch_id}.{i}", reply=False,
+                          keep_result=keep_results, batch=batch_id)
+            for i, args in enumerate(arglists)
+        ]
+        self._enqueue(messages, (batch_id, extra))
+        return Batch(self, batch_id, len(messages))
+
+    def map(
+        self, fn: TaskRef, *iterables: Iterable[Any], chunksize: int = 1,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Like ``Executor.map``: every call is sent now, results come back in order."""
+        calls = list(zip(*iterables))
+        chunks = [calls[i:i + chunksize] for i in range(0, len(calls), max(1, chunksize))]
+        messages = [self._message(fn, c, None, chunk=True) for c in chunks]
+        futures = self._submit_messages(messages)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return _chunk_results(futures, deadline)
+
+    def imap(
+        self, fn: TaskRef, iterable: Iterable[Any], *, chunksize: int = 1, window: int = 64,
+        star: bool = False,
+    ) -> Iterator[Any]:
+        """Lazy, ordered map over a possibly huge iterable with at most ``window``
+        chunks in flight: the input is never all in memory or in Redis."""
+        items = iter(iterable)
+        in_flight: deque[Future[Any]] = deque()
+
+        def refill() -> None:
+            while len(in_flight) < window:
+                chunk = list(itertools.islice(items, max(1, chunksize)))
+                if not chunk:
+                    return
+                calls = chunk if star else [(x,) for x in chunk]
+                in_flight.append(self._submit_messages([self._message(fn, calls, None, chunk=True)])[0])
+
+        refill()
+        while in_flight:
+            fut = in_flight.popleft()
+            refill()
+            yield from _chunk_results([fut], None)
+
+    def result(self, task_id: str) -> Outcome | None:
+        """The stored outcome of a finished task, or None if there is none (yet)."""
+        raw = self.broker.result(task_id)
+        return decode_outcome(raw) if raw is not None else None
+
+    def batch(self, batch_id: str) -> Batch:
+        status = self.broker.batch_status(batch_id)
+        return Batch(self, batch_id, int(status.get("total", 0)))
+
+    def close(self) -> None:
+        """Stop the listener; pending futures are left as they are."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        listener = self._listener
+        if listener is not None:
+            try:
+                self.redis.lpush(self.broker.keys.inbox(self.client_id), _STOP)
+            except redis.RedisError:
+                pass
+            listener.join(timeout=5)
+        self.redis.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the reply listener -----------------------------------------------------------
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None:
+            with self._lock:
+                if self._listener is None:
+                    self._listener = threading.Thread(
+                        target=self._listen, name=f"taskq-replies-{self.client_id}", daemon=True
+                    )
+                    self._listener.start()
+
+    def _listen(self) -> None:
+        inbox = self.broker.keys.inbox(self.client_id)
+        conn = connect(self.url, socket_connect_timeout=5.0, socket_timeout=10.0)
+        backoff = 0.1
+        while not self._closed.is_set():
+            try:
+                item = conn.blpop([inbox], timeout=2)
+                if item is None:
+                    continue
+                blobs = [item[1], *(conn.lpop(inbox, 1000) or [])]
+                backoff = 0.1
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("reply listener lost Redis (%s); retrying in %.1f s", exc, backoff)
+                self._closed.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for blob in blobs:
+                if blob == _STOP:
+                    continue
+                self._resolve(blob)
+        conn.close()
+
+    def _resolve(self, blob: bytes) -> None:
+        try:
+            outcomes = decode_outcomes(blob)
+        except Exception:
+            log.warning("ignoring a malformed reply: %r", blob[:200])
+            return
+        for outcome in outcomes:
+            with self._lock:
+                fut = self._futures.pop(outcome.task_id, None)
+            if fut is None or fut.done():
+                continue  # a duplicate outcome, or cancelled meanwhile
+            try:
+                if outcome.ok:
+                    fut.set_result(outcome.value)
+                else:
+                    fut.set_exception(outcome.exception())
+            except Exception:  # cancelled between the check and the set
+                pass
+
+
+def _chunk_results(futures: Sequence[Future[Any]], deadline: float | None) -> Iterator[Any]:
+    for fut in futures:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        items = fut.result(timeout=left)
+        for ok, value in items:
+            if not ok:
+                raise task_error(*value)
+            yield value
+
+
+__all__ = ["Batch", "BatchStatus", "Client", "TaskError"]

@@ -1,0 +1,104 @@
+-- complete.lua: report many task outcomes in one call.
+--
+-- KEYS[1] stream   taskq:{q}:stream     the queue; entries are acked and deleted here
+-- KEYS[2] stats    taskq:{q}:stats      counters: done, failed, retried, dead, suppressed
+-- KEYS[3] delayed  taskq:{q}:delayed    retries waiting for their backoff (score = due ms)
+-- KEYS[4] dead     taskq:{q}:dead       dead-letter stream
+-- KEYS[5..]        result / inbox / batch / batch-events keys, referenced by index below
+--
+-- ARGV[1] group, ARGV[2] consumer (this node), ARGV[3] result TTL ms, ARGV[4] now ms,
+-- then 8 fields per outcome:
+--   entry id, kind (ok|fail|retry|dead), result key index (0 = none),
+--   inbox key index (0 = none), batch key index (0 = none; events key is index + 1),
+--   outcome JSON, x1, x2
+--   retry: x1 = packed entry "<attempt>|<sig>|<body>", x2 = due time ms
+--   dead:  x1 = packed entry, x2 = reason
+--
+-- Ownership: an outcome is applied only if this node still owns the entry (its pending
+-- entry names ARGV[2]). A node that lost its lease and reports late changes nothing;
+-- its report is counted as suppressed.
+-- Returns {applied, suppressed}.
+
+local stream, stats, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, consumer = ARGV[1], ARGV[2]
+local ttl, now = tonumber(ARGV[3]), ARGV[4]
+local n_done, n_failed, n_retried, n_dead, n_suppressed = 0, 0, 0, 0, 0
+local inbox_items = {}
+local batch_counts = {}
+local acked = {}
+
+for i = 5, #ARGV, 8 do
+  local id, kind = ARGV[i], ARGV[i + 1]
+  local rk, ik, bk = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local outcome, x1, x2 = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local owner = redis.call('XPENDING', stream, group, id, id, 1)
+  if owner[1] == nil or owner[1][2] ~= consumer then
+    n_suppressed = n_suppressed + 1
+  else
+    acked[#acked + 1] = id
+    if kind == 'retry' then
+      redis.call('ZADD', delayed, x2, x1)
+      n_retried = n_retried + 1
+    else
+      if kind == 'ok' then
+        n_done = n_done + 1
+      else
+        n_failed = n_failed + 1
+      end
+      if kind == 'dead' then
+        redis.call('XADD', dead, '*', 'entry', id, 'packed', x1, 'reason', x2,
+                   'error', outcome, 'node', consumer, 'at', now)
+        n_dead = n_dead + 1
+      end
+      if rk > 0 then
+        redis.call('SET', KEYS[rk], outcome, 'PX', ttl)
+      end
+      if ik > 0 then
+        local items = inbox_items[ik]
+        if items == nil then
+          items = {}
+          inbox_items[ik] = items
+        end
+        items[#items + 1] = outcome
+      end
+      if bk > 0 then
+        local c = batch_counts[bk]
+        if c == nil then
+          c = {0, 0}
+          batch_counts[bk] = c
+        end
+        if kind == 'ok' then c[1] = c[1] + 1 else c[2] = c[2] + 1 end
+      end
+    end
+  end
+end
+
+-- XACK/XDEL in slices: unpack() is bounded by the Lua stack.
+for s = 1, #acked, 500 do
+  local slice = {unpack(acked, s, math.min(s + 499, #acked))}
+  redis.call('XACK', stream, group, unpack(slice))
+  redis.call('XDEL', stream, unpack(slice))
+end
+
+for ik, items in pairs(inbox_items) do
+  redis.call('LPUSH', KEYS[ik], '[' .. table.concat(items, ',') .. ']')
+  redis.call('PEXPIRE', KEYS[ik], ttl)
+end
+
+for bk, c in pairs(batch_counts) do
+  local batch = KEYS[bk]
+  local done = redis.call('HINCRBY', batch, 'done', c[1])
+  local failed = redis.call('HINCRBY', batch, 'failed', c[2])
+  local total = tonumber(redis.call('HGET', batch, 'total') or '-1')
+  if total >= 0 and done + failed >= total then
+    redis.call('LPUSH', KEYS[bk + 1], '1')
+    redis.call('PEXPIRE', KEYS[bk + 1], ttl)
+  end
+end
+
+if n_done > 0 then redis.call('HINCRBY', stats, 'done', n_done) end
+if n_failed > 0 then redis.call('HINCRBY', stats, 'failed', n_failed) end
+if n_retried > 0 then redis.call('HINCRBY', stats, 'retried', n_retried) end
+if n_dead > 0 then redis.call('HINCRBY', stats, 'dead', n_dead) end
+if n_suppressed > 0 then redis.call('HINCRBY', stats, 'suppressed', n_suppressed) end
+return {#acked, n_suppressed}

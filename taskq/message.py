@@ -1,0 +1,208 @@
+"""Wire types and their encoding.
+
+A task is one stream entry with these fields:
+
+- ``m``: the envelope, a JSON object (keys below);
+- ``s``: optional hex HMAC-SHA256 of ``m`` under the shared secret. Envelopes that carry
+  pickled data (``p``) are refused unless ``s`` verifies; it is checked before anything
+  in ``m`` is decoded beyond plain JSON.
+- ``n``: the attempt number (absent = 1). It lives outside the signed envelope so a
+  retry does not need the secret; tampering with it can only change retry accounting.
+
+Envelope keys: ``id`` task id, ``t`` task name, ``a`` args (a list; for a chunk, a list of
+argument lists), ``k`` kwargs, ``r`` reply inbox (client id), ``b`` batch id, ``kr`` keep
+the result, ``to`` timeout override (s), ``c`` 1 for a chunk, ``p`` base64 pickle.
+
+An outcome is a JSON object ``{"id", "ok": true, "v"}`` or ``{"id", "ok": false,
+"e": [type, message, traceback]}``; a chunk's ``v`` is a list of ``[1, value]`` or
+``[0, [type, message, traceback]]`` items.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from taskq.errors import MessageError, SignatureError, TaskError, task_error
+
+ErrorTriple = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    reply_to: str | None = None
+    batch: str | None = None
+    keep_result: bool = True
+    timeout: float | None = None
+    chunk: bool = False
+    payload: bytes | None = None
+    """Pickled ``(callable, args, kwargs)`` data; only ever loaded from a signed envelope."""
+
+    def encode(self) -> bytes:
+        env: dict[str, Any] = {"id": self.id, "t": self.task, "a": self.args}
+        if self.kwargs:
+            env["k"] = self.kwargs
+        if self.reply_to:
+            env["r"] = self.reply_to
+        if self.batch:
+            env["b"] = self.batch
+        if self.keep_result:
+            env["kr"] = 1
+        if self.timeout is not None:
+            env["to"] = self.timeout
+        if self.chunk:
+            env["c"] = 1
+        if self.payload is not None:
+            env["p"] = base64.b64encode(self.payload).decode()
+        try:
+            return orjson.dumps(env)
+        except TypeError as exc:
+            raise TypeError(f"arguments of task {self.task!r} are not JSON-serializable: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Where an outcome goes: enough of an envelope to report on it."""
+
+    task_id: str
+    reply_to: str | None
+    batch: str | None
+    keep_result: bool
+
+
+def sign(secret: bytes, body: bytes) -> bytes:
+    return hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+
+
+def verify(secret: bytes | None, body: bytes, signature: bytes | None) -> None:
+    if signature is None:
+        raise SignatureError("payload is not signed")
+    if secret is None:
+        raise SignatureError("signed payload but this worker has no TASKQ_SECRET")
+    if not hmac.compare_digest(sign(secret, body), signature):
+        raise SignatureError("payload signature does not match this worker's TASKQ_SECRET")
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        env = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MessageError(f"envelope is not JSON: {exc}") from None
+    if not isinstance(env, dict):
+        raise MessageError("envelope is not a JSON object")
+    tid = env.get("id")
+    if not isinstance(tid, str) or not tid:
+        raise MessageError("envelope has no task id")
+    return env
+
+
+def routing_of(body: bytes) -> Routing | None:
+    """Best-effort routing of a possibly bad envelope (None if it has none)."""
+    try:
+        env = _parse(body)
+    except MessageError:
+        return None
+    reply, batch = env.get("r"), env.get("b")
+    return Routing(
+        env["id"],
+        reply if isinstance(reply, str) and reply else None,
+        batch if isinstance(batch, str) and batch else None,
+        bool(env.get("kr")),
+    )
+
+
+def decode(body: bytes, signature: bytes | None, secret: bytes | None) -> TaskMessage:
+    """Envelope bytes → :class:`TaskMessage`, refusing bad shapes and unsigned pickles."""
+    env = _parse(body)
+    name, args, kwargs = env.get("t", ""), env.get("a", []), env.get("k", {})
+    if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise MessageError("envelope fields t/a/k have the wrong types")
+    timeout = env.get("to")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise MessageError("envelope timeout must be a positive number")
+    chunk = bool(env.get("c"))
+    if chunk and not all(isinstance(a, list) for a in args):
+        raise MessageError("chunk envelope must carry a list of argument lists")
+    raw_payload = env.get("p")
+    payload: bytes | None = None
+    if raw_payload is not None:
+        verify(secret, body, signature)  # before a single byte of pickle is looked at
+        if not isinstance(raw_payload, str):
+            raise MessageError("envelope payload must be base64 text")
+        try:
+            payload = base64.b64decode(raw_payload, validate=True)
+        except ValueError:
+            raise MessageError("envelope payload is not valid base64") from None
+    elif not name:
+        raise MessageError("envelope names no task")
+    elif signature is not None and secret is not None:
+        verify(secret, body, signature)
+    reply, batch = env.get("r"), env.get("b")
+    return TaskMessage(
+        id=env["id"],
+        task=name,
+        args=args,
+        kwargs=kwargs,
+        reply_to=reply if isinstance(reply, str) and reply else None,
+        batch=batch if isinstance(batch, str) and batch else None,
+        keep_result=bool(env.get("kr")),
+        timeout=float(timeout) if timeout is not None else None,
+        chunk=chunk,
+        payload=payload,
+    )
+
+
+# -- outcomes -----------------------------------------------------------------------
+
+
+def encode_ok(task_id: str, value: Any) -> bytes:
+    return orjson.dumps({"id": task_id, "ok": True, "v": value})
+
+
+def encode_error(task_id: str, error: ErrorTriple) -> bytes:
+    return orjson.dumps({"id": task_id, "ok": False, "e": list(error)})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    task_id: str
+    ok: bool
+    value: Any = None
+    error: ErrorTriple | None = None
+
+    def result(self) -> Any:
+        """The value, or raise the remote error as a :class:`TaskError`."""
+        if self.ok:
+            return self.value
+        raise self.exception()
+
+    def exception(self) -> TaskError:
+        assert self.error is not None
+        return task_error(*self.error)
+
+
+def decode_outcome(raw: bytes | dict[str, Any]) -> Outcome:
+    obj = orjson.loads(raw) if isinstance(raw, (bytes, str)) else raw
+    if not isinstance(obj, dict) or "id" not in obj:
+        raise MessageError("malformed outcome")
+    if obj.get("ok"):
+        return Outcome(obj["id"], True, obj.get("v"))
+    err = obj.get("e") or ["TaskError", "unknown error", ""]
+    return Outcome(obj["id"], False, error=(str(err[0]), str(err[1]), str(err[2])))
+
+
+def decode_outcomes(blob: bytes) -> list[Outcome]:
+    """An inbox element: a JSON array of outcomes pushed by one completion call."""
+    items = orjson.loads(blob)
+    if isinstance(items, dict):
+        items = [items]
+    return [decode_outcome(o) for o in items]

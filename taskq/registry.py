@@ -1,0 +1,209 @@
+"""The task registry: ``@task`` and name → callable + options.
+
+Workers only ever run functions found here by name. A module path read from Redis is
+never imported: task modules are imported because the operator said so
+(``taskq worker --import MODULE``), never because a message asked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from taskq.errors import ConfigError, UnknownTaskError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SIMPLE_TYPES: tuple[type, ...] = (int, float, str, bool, list, dict)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task and the options its executions follow."""
+
+    name: str
+    fn: Callable[..., Any]
+    timeout: float | None = None
+    retries: int = 0
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    split_range: bool = False
+    """CLI hint: the first two arguments are a half-open range ``start, end`` that
+    ``taskq enqueue`` may split into chunks."""
+    reduce: str | None = None
+    """CLI hint: how to combine the results of a split range (only ``"sum"`` today)."""
+
+    def retry_delay(self, attempt: int, jitter: float) -> float:
+        """Exponential backoff with full jitter: attempt 1 → up to ``retry_backoff`` s."""
+        cap = min(self.retry_backoff_max, self.retry_backoff * (2 ** (attempt - 1)))
+        return cap * (0.5 + jitter / 2)
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+
+
+@overload
+def task(fn: F) -> F: ...
+@overload
+def task(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 300.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    split_range: bool = False,
+    reduce: str | None = None,
+) -> Callable[[F], F]: ...
+
+
+def task(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 300.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    split_range: bool = False,
+    reduce: str | None = None,
+) -> F | Callable[[F], F]:
+    """Register a function as a task; the function itself is returned unchanged.
+
+    The name defaults to ``module.qualname``. ``timeout`` is the soft limit in seconds
+    (the process is killed a grace period later); ``retries`` failed attempts are
+    retried after exponential backoff with jitter when the exception is a ``retry_on``.
+    """
+
+    def register(f: F) -> F:
+        task_name = name or f"{f.__module__}.{f.__qualname__}"
+        if retries < 0:
+            raise ConfigError(f"task {task_name}: retries must be >= 0")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"task {task_name}: timeout must be > 0")
+        spec = TaskSpec(
+            task_name, f, timeout, retries, retry_backoff, retry_backoff_max,
+            tuple(retry_on), split_range, reduce,
+        )
+        existing = _REGISTRY.get(task_name)
+        if existing is not None and _origin(existing.fn) != _origin(f):
+            raise ConfigError(f"task name {task_name!r} is already registered by another function")
+        _REGISTRY[task_name] = spec
+        f.__taskq_name__ = task_name  # type: ignore[attr-defined]
+        return f
+
+    return register(fn) if fn is not None else register
+
+
+def _origin(f: Callable[..., Any]) -> tuple[str, str]:
+    return (getattr(f, "__module__", ""), getattr(f, "__qualname__", ""))
+
+
+def get_task(name: str) -> TaskSpec:
+    _ensure_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownTaskError(f"unknown task {name!r}") from None
+
+
+def find_task(name: str) -> TaskSpec | None:
+    _ensure_builtins()
+    return _REGISTRY.get(name)
+
+
+def task_names() -> list[str]:
+    _ensure_builtins()
+    return sorted(_REGISTRY)
+
+
+def name_of(fn: Callable[..., Any] | str) -> str:
+    """The registered name of a task given by name or as its decorated function."""
+    if isinstance(fn, str):
+        return fn
+    registered = getattr(fn, "__taskq_name__", None)
+    if isinstance(registered, str):
+        return registered
+    raise UnknownTaskError(
+        f"{getattr(fn, '__qualname__', fn)!r} is not a registered task: decorate it with @taskq.task"
+    )
+
+
+def import_task_modules(modules: typing.Iterable[str]) -> None:
+    """Import the operator's task modules; an error becomes one clear line."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # any import-time failure of user code
+            raise ConfigError(f"cannot import task module {module!r}: {exc}") from None
+
+
+def resolve_callable(spec: str) -> Callable[..., Any]:
+    """``module:function`` (or ``module.function``) → the function, for ``--init``."""
+    module, sep, attr = spec.partition(":")
+    if not sep:
+        module, _, attr = spec.rpartition(".")
+    if not module or not attr:
+        raise ConfigError(f"expected MODULE:FUNCTION, got {spec!r}")
+    try:
+        obj: Any = importlib.import_module(module)
+    except Exception as exc:
+        raise ConfigError(f"cannot import {module!r}: {exc}") from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ConfigError(f"{module!r} has no attribute {attr!r}")
+    if not callable(obj):
+        raise ConfigError(f"{spec!r} is not callable")
+    return typing.cast(Callable[..., Any], obj)
+
+
+def check_call(spec: TaskSpec, args: typing.Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Fail early, on the producer, for a wrong argument count or a plainly wrong type.
+
+    Only simple annotations (int, float, str, bool, list, dict) are checked; anything
+    richer is the task's own business.
+    """
+    try:
+        sig = inspect.signature(spec.fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{spec.name}{sig}: {exc}") from None
+    try:
+        hints = typing.get_type_hints(spec.fn)
+    except Exception:
+        return
+    for pname, value in bound.arguments.items():
+        hint = hints.get(pname)
+        param = sig.parameters[pname]
+        if hint not in _SIMPLE_TYPES or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            assert isinstance(hint, type)
+            raise TypeError(
+                f"{spec.name}: argument {pname!r} must be {hint.__name__}, got {value!r}"
+            )
+
+
+_builtins_loaded = False
+
+
+def _ensure_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        importlib.import_module("taskq.tasks")

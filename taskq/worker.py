@@ -1,0 +1,415 @@
+"""The worker node: claim → dispatch → report, with leases, reclaim and graceful shutdown.
+
+The node parent is one thread running one event loop and never runs user code. It
+keeps one blocking ``XREADGROUP`` outstanding on a dedicated connection while it waits
+on its pool, so new tasks and finished ones are both handled the moment they arrive:
+
+    Redis stream ──XREADGROUP COUNT n──▶ held ──▶ SupervisedPool ──▶ Done
+         ▲                                                         │
+         └────────── complete.lua (one call per poll, per queue) ◀─┘
+
+Every few seconds it renews the lease of everything it holds (renew.lua), reclaims
+entries whose lease expired on other nodes (reclaim.lua), promotes due retries
+(promote.lua) and heartbeats. When Redis goes away, finished outcomes are kept and
+reported once it is back; nothing is acknowledged before its outcome is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.connection import Connection
+
+from taskq import execute
+from taskq.broker import GROUP, NODES_KEY, Broker, Entry, Report, connect, node_key
+from taskq.config import Settings
+from taskq.errors import BrokerError
+from taskq.message import encode_error, routing_of
+from taskq.pool import Done, Job, SupervisedPool
+
+log = logging.getLogger("taskq.worker")
+
+CLAIM_BLOCK = 2.0
+"""Seconds one blocking claim waits; the claim socket's timeout is well above it."""
+PROMOTE_EVERY, HEARTBEAT_EVERY = 0.25, 5.0
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, BrokerError)
+
+JobKey = tuple[int, bytes]  # (queue index, entry id)
+
+
+class Node:
+    """One worker node: a claim loop in front of a supervised pool of processes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        imports: Sequence[str] = (),
+        init: str | None = None,
+        init_args: Sequence[Any] = (),
+        burst: bool = False,
+        node_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.burst = burst
+        self.node_id = node_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        timeout = max(10.0, CLAIM_BLOCK + 5.0)
+        self.client = connect(settings.url, socket_timeout=timeout, socket_connect_timeout=5.0)
+        self._claim_pool = redis.ConnectionPool.from_url(
+            settings.url, socket_timeout=timeout, socket_connect_timeout=5.0
+        )
+        self.brokers = [Broker(self.client, q) for q in settings.queues]
+        self.pool = SupervisedPool(
+            settings.procs,
+            execute.run_entry,
+            initializer=execute.init_child,
+            initargs=(tuple(imports), init, tuple(init_args), settings.secret),
+            max_tasks_per_child=settings.max_tasks_per_child,
+            max_memory_per_child=settings.max_memory_per_child,
+            hard_timeout_grace=settings.hard_timeout_grace,
+        )
+        self.held: dict[JobKey, Entry] = {}
+        self.unreported: list[tuple[int, Report]] = []
+        self.stopping = 0  # 0 running, 1 draining (graceful), 2 leave now
+        self.processed = self.failed = 0
+        self._claim_conn: Connection | None = None
+        self._claim_empty = False
+        self._down_until = 0.0
+        self._backoff = 0.1
+        now = time.monotonic()
+        self._due = {"renew": now, "reclaim": now, "promote": now, "heartbeat": now}
+        self._drain_deadline = float("inf")
+        self._draining = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def request_stop(self, force: bool = False) -> None:
+        """Graceful stop; a second request (or ``force``) leaves at once."""
+        self.stopping = 2 if force or self.stopping else 1
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        log.info("received %s: %s", signal.Signals(signum).name,
+                 "stopping now" if self.stopping else "finishing running tasks")
+        self.request_stop()
+
+    def run(self) -> int:
+        """Run until stopped (or, in burst mode, until the queues are empty). Exit code."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        try:
+            self._setup()
+            self.pool.start()
+            log.info("node %s serving %s with %d processes", self.node_id,
+                     ",".join(self.settings.queues), self.settings.procs)
+            while not self._finished():
+                self._step()
+            self._shutdown()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            self.pool.terminate()
+            self._drop_claim()
+            self._claim_pool.disconnect()
+            self._remove_heartbeat()
+        return 0
+
+    def _setup(self) -> None:
+        for broker in self.brokers:
+            broker.ensure_group()
+
+    def _finished(self) -> bool:
+        if self.stopping == 2:
+            return True
+        if self.stopping == 1:
+            if time.monotonic() > self._drain_deadline:
+                log.warning("shutdown timeout: handing back what is still running")
+                return True
+            return not self.held and not self.unreported
+        if self.burst and self._claim_empty and not self.held and not self.unreported:
+            return self._nothing_delayed()
+        return False
+
+    def _nothing_delayed(self) -> bool:
+        try:
+            return all(self.client.zcard(b.keys.delayed) == 0 for b in self.brokers)
+        except _REDIS_DOWN:
+            return False
+
+    # -- one turn of the loop ---------------------------------------------------------
+
+    def _step(self) -> None:
+        if self.stopping and not self._draining:
+            self._draining = True
+            self._begin_drain()
+        now = time.monotonic()
+        if now >= self._down_until:
+            try:
+                self._housekeeping(now)
+                self._flush_reports()
+                self._maybe_claim()
+                self._backoff = 0.1
+            except _REDIS_DOWN as exc:
+                self._redis_down(exc)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._drop_claim()
+                self._setup()  # the stream vanished (Redis restarted empty): recreate it
+        waitables: list[Any] = [self._wake_r]
+        if self._claim_conn is not None:
+            waitables.append(self._claim_conn._sock)
+        done = self.pool.poll(self._wait_time(), also_wait=waitables)
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 512)
+        if done:
+            self._finish(done)
+        if self._claim_conn is not None and self._claim_conn.can_read(timeout=0):
+            try:
+                self._read_claim()
+            except _REDIS_DOWN as exc:
+                self._redis_down(exc)
+
+    def _wait_time(self) -> float:
+        now = time.monotonic()
+        if now < self._down_until:
+            return self._down_until - now
+        next_due = min(self._due.values())
+        if self.unreported:
+            next_due = min(next_due, now + 0.05)
+        if self.burst and self._claim_conn is None:
+            next_due = min(next_due, now + 0.05)
+        if self.stopping:
+            next_due = min(next_due, self._drain_deadline)
+        return max(0.0, min(next_due - now, CLAIM_BLOCK))
+
+    def _redis_down(self, exc: Exception) -> None:
+        log.warning("Redis unavailable (%s); retrying in %.1f s", exc, self._backoff)
+        self._drop_claim()
+        self._down_until = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 5.0)
+
+    # -- claiming ---------------------------------------------------------------------
+
+    def _room(self) -> int:
+        return self.pool.idle_capacity + self.settings.procs - self.pool.queued
+
+    def _maybe_claim(self) -> None:
+        if self.stopping or self._claim_conn is not None:
+            return
+        count = min(self._room(), self.settings.batch)
+        if count <= 0:
+            return
+        conn = self._claim_pool.get_connection()
+        args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.node_id, "COUNT", count]
+        if not self.burst:
+            args += ["BLOCK", int(CLAIM_BLOCK * 1000)]
+        args += ["STREAMS", *(b.keys.stream for b in self.brokers), *(">" for _ in self.brokers)]
+        self._claim_conn = conn
+        conn.send_command(*args)
+
+    def _read_claim(self) -> None:
+        conn = self._claim_conn
+        assert conn is not None
+        try:
+            reply = conn.read_response()
+        except BaseException:
+            self._drop_claim()
+            raise
+        self._claim_conn = None
+        self._claim_pool.release(conn)
+        self._claim_empty = not reply
+        streams = {b.keys.stream.encode(): i for i, b in enumerate(self.brokers)}
+        for stream, rows in reply or ():
+            qi = streams[stream]
+            self._accept(qi, [Entry.from_fields(eid, fields) for eid, fields in rows if fields])
+
+    def _drop_claim(self) -> None:
+        """Abandon an outstanding claim; anything it delivered stays pending under this
+        node and is handed back or reclaimed, never lost."""
+        conn, self._claim_conn = self._claim_conn, None
+        if conn is not None:
+            conn.disconnect()
+            self._claim_pool.release(conn)
+
+    def _accept(self, qi: int, entries: Sequence[Entry]) -> None:
+        jobs = []
+        limit = self.settings.max_message_bytes
+        for entry in entries:
+            key = (qi, entry.entry_id)
+            if key in self.held:
+                continue  # already ours and running (a reclaim of our own stale entry)
+            self.held[key] = entry
+            if len(entry.body) > limit:
+                reason = f"message of {len(entry.body)} bytes exceeds the {limit}-byte limit"
+                self._report_dead(qi, entry, reason)
+            else:
+                jobs.append(Job(key, (entry.body, entry.signature, entry.attempt)))
+        if jobs:
+            self.pool.submit(jobs)
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    def _finish(self, done: Sequence[Done]) -> None:
+        for d in done:
+            qi, entry_id = d.key
+            entry = self.held.pop(d.key, None)
+            if entry is None:
+                continue
+            if d.error is None:
+                kind, routing, outcome, x1, x2 = d.value
+                report = Report(entry_id, kind, routing, outcome, x1, x2)
+            else:
+                routing = routing_of(entry.body)
+                error = (d.error.type_name, d.error.message, d.error.traceback)
+                outcome = encode_error(routing.task_id if routing else "?", error)
+                report = Report(entry_id, "fail", routing, outcome)
+            self.processed += 1
+            self.failed += report.kind != "ok"
+            self.unreported.append((qi, report))
+        if time.monotonic() >= self._down_until:
+            try:
+                self._flush_reports()
+            except _REDIS_DOWN as exc:
+                self._redis_down(exc)
+
+    def _report_dead(self, qi: int, entry: Entry, reason: str) -> None:
+        self.held.pop((qi, entry.entry_id), None)
+        routing = routing_of(entry.body)
+        outcome = encode_error(routing.task_id if routing else "?",
+                               ("DeadLetteredError", f"dead-lettered: {reason}", ""))
+        self.unreported.append(
+            (qi, Report(entry.entry_id, "dead", routing, outcome, entry.packed(), reason.encode()))
+        )
+        log.warning("dead-lettered entry %s: %s", entry.entry_id.decode(), reason)
+
+    def _flush_reports(self) -> None:
+        """One completion call per queue for everything finished; kept on failure."""
+        if not self.unreported:
+            return
+        by_queue: dict[int, list[Report]] = {}
+        for qi, report in self.unreported:
+            by_queue.setdefault(qi, []).append(report)
+        for qi, reports in by_queue.items():
+            _, suppressed = self.brokers[qi].complete(self.node_id, reports, self.settings.result_ttl)
+            if suppressed:
+                log.warning("%d late report(s) suppressed: their lease had passed to another node",
+                            suppressed)
+            self.unreported = [(q, r) for q, r in self.unreported if q != qi]
+
+    # -- periodic work ----------------------------------------------------------------
+
+    def _housekeeping(self, now: float) -> None:
+        lease = self.settings.lease
+        if now >= self._due["renew"]:
+            for broker in self.brokers:
+                broker.renew(self.node_id)
+            self._due["renew"] = now + lease / 3
+        if now >= self._due["reclaim"]:
+            if not self.stopping:
+                self._reclaim()
+            self._due["reclaim"] = now + lease / 2
+        if now >= self._due["promote"]:
+            for broker in self.brokers:
+                broker.promote()
+            self._due["promote"] = now + PROMOTE_EVERY
+        if now >= self._due["heartbeat"]:
+            self._heartbeat()
+            self._due["heartbeat"] = now + HEARTBEAT_EVERY
+
+    def _reclaim(self) -> None:
+        room = max(self._room(), self.settings.procs)
+        for qi, broker in enumerate(self.brokers):
+            reclaimed = broker.reclaim(self.node_id, self.settings.lease, room)
+            if not reclaimed:
+                continue
+            log.info("reclaimed %d expired task(s) from %s", len(reclaimed), broker.queue)
+            runnable = []
+            for entry, deliveries in reclaimed:
+                if deliveries > self.settings.max_deliveries:
+                    self.held[(qi, entry.entry_id)] = entry
+                    self._report_dead(
+                        qi, entry,
+                        f"poison: delivered {deliveries} times and its node was lost each time",
+                    )
+                else:
+                    runnable.append(entry)
+            self._accept(qi, runnable)
+
+    def _heartbeat(self) -> None:
+        now_ms = int(time.time() * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(NODES_KEY, {self.node_id: now_ms})
+        pipe.hset(node_key(self.node_id), mapping={
+            "id": self.node_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "procs": self.settings.procs, "queues": ",".join(self.settings.queues),
+            "processed": self.processed, "failed": self.failed, "in_flight": len(self.held),
+            "seen": now_ms,
+        })
+        pipe.expire(node_key(self.node_id), int(HEARTBEAT_EVERY * 6))
+        pipe.execute()
+
+    def _remove_heartbeat(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.client.zrem(NODES_KEY, self.node_id)
+            self.client.delete(node_key(self.node_id))
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Leave: report what finished, hand back everything still held (in a forced
+        stop or after the shutdown timeout, that includes tasks that were running)."""
+        self._drop_claim()
+        if self.held:
+            self.pool.terminate()
+        self._try(self._flush_reports)
+        if self.held:
+            self._try(lambda: self._hand_back(list(self.held)))
+        self._try(self._hand_back_unheld)
+
+    def _begin_drain(self) -> None:
+        """First signal: stop claiming and hand back the tasks no process has started."""
+        self._drop_claim()
+        self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
+        unstarted = [job.key for job in self.pool.withdraw_queued()]
+        self._try(lambda: self._hand_back(unstarted))
+        self._try(self._hand_back_unheld)
+
+    def _hand_back(self, keys: Sequence[JobKey] | set[JobKey]) -> None:
+        by_queue: dict[int, list[bytes]] = {}
+        for qi, entry_id in keys:
+            by_queue.setdefault(qi, []).append(entry_id)
+            self.held.pop((qi, entry_id), None)
+        for qi, ids in by_queue.items():
+            n = self.brokers[qi].hand_back(self.node_id, ids)
+            log.info("handed back %d task(s) to %s", n, self.brokers[qi].queue)
+
+    def _hand_back_unheld(self) -> None:
+        """Entries a dropped claim delivered to us but we never saw: give them back."""
+        for qi, broker in enumerate(self.brokers):
+            pending = self.client.xpending_range(
+                broker.keys.stream, GROUP, min="-", max="+", count=100_000,
+                consumername=self.node_id,
+            )
+            ids = [p["message_id"] for p in pending if (qi, p["message_id"]) not in self.held]
+            broker.hand_back(self.node_id, ids)
+
+    def _try(self, fn: Any) -> None:
+        try:
+            fn()
+        except (redis.RedisError, BrokerError) as exc:
+            log.warning("could not reach Redis during shutdown (%s); the lease will return "
+                        "these tasks to the queue", exc)
