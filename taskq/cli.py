@@ -43,7 +43,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, UnknownTaskError, TypeError, ValueError) as exc:
-            raise click.UsageError(str(exc)) from None
+            _usage_error(str(exc))
         except TaskError as exc:
             _fail(f"task failed: {exc}")
         except (Failure, BrokerError, TaskqError) as exc:
@@ -60,6 +60,11 @@ def friendly_errors(fn: F) -> F:
 def _fail(message: str) -> None:
     click.echo(f"taskq: error: {message}", err=True)
     sys.exit(1)
+
+
+def _usage_error(message: str) -> None:
+    click.echo(f"taskq: error: {message}", err=True)
+    sys.exit(2)
 
 
 def parse_arg(text: str) -> Any:
@@ -380,4 +385,16 @@ def dead_purge(ctx: click.Context, queue: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="taskq")
+    """Entry point: click's own parse errors become one line too (exit 2)."""
+    try:
+        code = cli.main(args=argv, prog_name="taskq", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see 'taskq {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else (
+            " (see 'taskq --help')")
+        _usage_error(exc.format_message() + hint)
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+    except click.Abort:
+        click.echo("taskq: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

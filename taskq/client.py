@@ -257,7 +257,9 @@ class Client:
 
         refill()
         while in_flight:
-            fut = in_flight.popleft()
+            fut = in_flight[0]
+            fut.exception()  # wait for the oldest chunk before replacing it
+            in_flight.popleft()
             refill()
             yield from _chunk_results([fut], None)
 

@@ -1,0 +1,148 @@
+"""The Redis protocol: every script on fakeredis and on a real server."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+import redis as redis_lib
+
+from taskq.broker import GROUP, Broker, Entry, Report
+from taskq.message import TaskMessage, encode_error, encode_ok, routing_of
+
+pytestmark = pytest.mark.realserver
+
+
+def _enqueue(broker: Broker, n: int, **kw: object) -> None:
+    pipe = broker.client.pipeline(transaction=False)
+    for i in range(n):
+        msg = TaskMessage(id=f"t{i}", task="echo", args=[i], **kw)  # type: ignore[arg-type]
+        broker.enqueue(pipe, msg.encode())
+    broker.count_enqueued(pipe, n)
+    pipe.execute()
+
+
+def _claim(broker: Broker, node: str, n: int = 100) -> list[Entry]:
+    rows = broker.client.xreadgroup(GROUP, node, {broker.keys.stream: ">"}, count=n)
+    return [Entry.from_fields(eid, f) for eid, f in rows[0][1]] if rows else []
+
+
+def _ok(entry: Entry) -> Report:
+    routing = routing_of(entry.body)
+    assert routing is not None
+    return Report(entry.entry_id, "ok", routing, encode_ok(routing.task_id, "v"))
+
+
+@pytest.fixture
+def broker(redis: redis_lib.Redis) -> Broker:
+    b = Broker(redis, "q")
+    b.ensure_group()
+    return b
+
+
+def test_complete_acks_deletes_stores_and_replies(broker: Broker) -> None:
+    _enqueue(broker, 3, reply_to="c1", keep_result=True, batch="B")
+    pipe = broker.client.pipeline()
+    broker.create_batch(pipe, "B", 3, 60)
+    pipe.execute()
+    entries = _claim(broker, "n1")
+    assert broker.info()["in_flight"] == 3
+    assert broker.complete("n1", [_ok(e) for e in entries[:2]], 60) == (2, 0)
+    assert broker.client.xlen(broker.keys.stream) == 1  # acked AND deleted
+    assert orjson.loads(broker.result("t0") or b"") == {"id": "t0", "ok": True, "v": "v"}
+    assert 0 < broker.client.pttl(broker.keys.result("t0")) <= 60_000
+    inbox = broker.client.lrange(broker.keys.inbox("c1"), 0, -1)
+    assert [o["id"] for o in orjson.loads(inbox[0])] == ["t0", "t1"]  # one push per call
+    assert broker.client.llen(broker.keys.batch_events("B")) == 0
+    fail = Report(entries[2].entry_id, "fail", routing_of(entries[2].body),
+                  encode_error("t2", ("ValueError", "x", "")))
+    broker.complete("n1", [fail], 60)
+    assert broker.batch_status("B") == {"total": "3", "done": "2", "failed": "1"}
+    assert broker.client.llen(broker.keys.batch_events("B")) == 1  # complete: waiters wake
+    info = broker.info()
+    assert (info["queued"], info["in_flight"], info["done"], info["failed"], info["enqueued"]) == (
+        0, 0, 2, 1, 3)
+
+
+def test_fire_and_forget_stores_nothing(broker: Broker) -> None:
+    _enqueue(broker, 1, keep_result=False)
+    (entry,) = _claim(broker, "n1")
+    broker.complete("n1", [_ok(entry)], 60)
+    assert broker.result("t0") is None
+    assert broker.info()["done"] == 1
+
+
+def test_late_report_from_a_node_that_lost_its_lease_is_suppressed(broker: Broker) -> None:
+    _enqueue(broker, 1, keep_result=True)
+    (entry,) = _claim(broker, "old")
+    time.sleep(0.02)
+    ((taken, deliveries),) = broker.reclaim("new", lease=0.01, count=10)
+    assert taken.entry_id == entry.entry_id and deliveries == 2
+    new_outcome = Report(entry.entry_id, "ok", routing_of(entry.body), encode_ok("t0", "new"))
+    stale = Report(entry.entry_id, "ok", routing_of(entry.body), encode_ok("t0", "stale"))
+    assert broker.complete("old", [stale], 60) == (0, 1)
+    assert broker.result("t0") is None  # nothing written by the stale node
+    assert broker.complete("new", [new_outcome], 60) == (1, 0)
+    assert orjson.loads(broker.result("t0") or b"")["v"] == "new"
+    assert broker.complete("old", [stale], 60) == (0, 1)  # and not after either
+    assert orjson.loads(broker.result("t0") or b"")["v"] == "new"
+    assert broker.info()["suppressed"] == 2
+
+
+def test_renew_keeps_the_lease_and_only_for_the_owner(broker: Broker) -> None:
+    _enqueue(broker, 2)
+    _claim(broker, "n1")
+    time.sleep(0.05)
+    assert broker.renew("n1") == 2
+    assert broker.reclaim("n2", lease=0.04, count=10) == []  # renewed: not expired
+    assert broker.renew("n2") == 0  # renewing never steals
+
+
+def test_retry_goes_through_the_delayed_set_with_the_next_attempt(broker: Broker) -> None:
+    _enqueue(broker, 1)
+    (entry,) = _claim(broker, "n1")
+    due_ms = int(time.time() * 1000) + 60_000
+    member = Entry(entry.entry_id, entry.body, None, 2).packed()
+    retry = Report(entry.entry_id, "retry", routing_of(entry.body), b"", member,
+                   str(due_ms).encode())
+    assert broker.complete("n1", [retry], 60) == (1, 0)
+    assert broker.promote() == 0  # not due yet
+    broker.client.zadd(broker.keys.delayed, {member: 1})  # the backoff has passed
+    assert broker.promote() == 1
+    (again,) = _claim(broker, "n1")
+    assert again.attempt == 2 and again.body == entry.body
+    assert broker.info()["retried"] == 1
+
+
+def test_dead_letter_retry_and_purge(broker: Broker) -> None:
+    _enqueue(broker, 2, reply_to="c1")
+    entries = _claim(broker, "n1")
+    reports = [Report(e.entry_id, "dead", routing_of(e.body),
+                      encode_error("t", ("DeadLetteredError", "bad", "")), e.packed(), b"poison")
+               for e in entries]
+    broker.complete("n1", reports, 60)
+    dead = broker.dead_entries()
+    assert len(dead) == 2 and dead[0][1][b"reason"] == b"poison"
+    assert broker.info()["dead"] == 2 and broker.info()["failed"] == 2
+    assert broker.dead_retry([dead[0][0]]) == 1
+    assert broker.client.xlen(broker.keys.stream) == 1
+    assert broker.dead_purge() == 1
+    assert broker.dead_entries() == []
+
+
+def test_hand_back_requeues_only_what_the_node_owns(broker: Broker) -> None:
+    _enqueue(broker, 3)
+    entries = _claim(broker, "n1")
+    assert broker.hand_back("n2", [e.entry_id for e in entries]) == 0
+    assert broker.hand_back("n1", [e.entry_id for e in entries[:2]]) == 2
+    info = broker.info()
+    assert (info["queued"], info["in_flight"]) == (2, 1)
+    assert sorted(e.body for e in _claim(broker, "n2")) == sorted(e.body for e in entries[:2])
+
+
+def test_keys_share_the_queue_hash_tag(broker: Broker) -> None:
+    k = broker.keys
+    for key in (k.stream, k.stats, k.delayed, k.dead, k.result("t"), k.inbox("c"),
+                k.batch("b"), k.batch_events("b")):
+        assert key.startswith("taskq:{q}:")

@@ -1,0 +1,141 @@
+"""The producer API against a stand-in worker that reports through the broker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import as_completed
+
+import pytest
+import redis as redis_lib
+
+import taskq
+from taskq import execute
+from taskq.broker import GROUP, Entry, Report
+from taskq.client import Client
+from taskq.config import Settings
+from taskq.errors import TaskError
+
+
+@taskq.task(name="tests.client.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@taskq.task(name="tests.client.explode")
+def explode(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+class FakeNode:
+    """Claims and runs entries in-process with the real runner, reports with the real script."""
+
+    def __init__(self, client: Client) -> None:
+        self.broker = client.broker
+        self.redis = client.redis
+        self.broker.ensure_group()
+
+    def run_all(self) -> int:
+        rows = self.redis.xreadgroup(GROUP, "node", {self.broker.keys.stream: ">"}, count=10_000)
+        if not rows:
+            return 0
+        reports = []
+        for eid, fields in rows[0][1]:
+            entry = Entry.from_fields(eid, fields)
+            kind, routing, outcome, x1, x2 = execute.run_entry((entry.body, entry.signature, 1))
+            reports.append(Report(eid, kind, routing, outcome, x1, x2))
+        self.broker.complete("node", reports, 60)
+        return len(reports)
+
+
+@pytest.fixture
+def client(redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+    # Point the Client's connections at the fixture's server (fake or real).
+    monkeypatch.setattr("taskq.client.connect", lambda url, **kw: redis)
+    c = Client(settings=Settings(url="redis://fixture/0"))
+    yield c
+    c._closed.set()
+
+
+def test_submit_resolves_a_real_future(client: Client) -> None:
+    futures = [client.submit(add, i, 1) for i in range(5)]
+    assert FakeNode(client).run_all() == 5
+    assert sorted(f.result(timeout=10) for f in as_completed(futures, timeout=10)) == [1, 2, 3, 4, 5]
+
+
+def test_remote_exception_comes_back_as_task_error(client: Client) -> None:
+    fut = client.submit("fail", "nope")
+    FakeNode(client).run_all()
+    with pytest.raises(TaskError) as info:
+        fut.result(timeout=10)
+    assert info.value.type_name == "RuntimeError" and info.value.message == "nope"
+    assert "raise RuntimeError(message)" in info.value.remote_traceback
+
+
+def test_wrong_arguments_fail_on_the_producer(client: Client) -> None:
+    with pytest.raises(TypeError):
+        client.submit(add, 1)
+    with pytest.raises(TypeError, match="must be int"):
+        client.submit("primes", "abc", 3)
+    assert client.redis.xlen(client.broker.keys.stream) == 0
+
+
+def test_map_is_ordered_and_chunked(client: Client) -> None:
+    it = client.map(add, range(10), range(10), chunksize=3)
+    assert client.redis.xlen(client.broker.keys.stream) == 4
+    FakeNode(client).run_all()
+    assert list(it) == [2 * i for i in range(10)]
+
+
+def test_map_raises_at_the_failing_item(client: Client) -> None:
+    it = client.map(explode, range(6), chunksize=2)
+    FakeNode(client).run_all()
+    assert next(it) == 0 and next(it) == 1 and next(it) == 2
+    with pytest.raises(TaskError, match="bad item 3"):
+        next(it)
+
+
+def test_imap_keeps_a_bounded_window(client: Client) -> None:
+    node = FakeNode(client)
+    results: list[int] = []
+    it = client.imap("echo", range(100), chunksize=5, window=3)
+
+    def consume() -> None:
+        results.extend(it)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    seen_max = 0
+    while t.is_alive() or client.redis.xlen(client.broker.keys.stream):
+        depth = client.redis.xlen(client.broker.keys.stream)
+        seen_max = max(seen_max, depth)
+        node.run_all()
+        t.join(timeout=0.01)
+    assert results == list(range(100))
+    assert seen_max <= 3
+
+
+def test_send_is_fire_and_forget_and_batches_count(client: Client) -> None:
+    task_id = client.send("echo", 1)
+    batch = client.send_many("echo", [[i] for i in range(7)])
+    FakeNode(client).run_all()
+    assert client.result(task_id) is None  # nothing stored
+    status = batch.wait(timeout=10)
+    assert (status.total, status.done, status.failed) == (7, 7, 0)
+    assert client.broker.info()["done"] == 8
+
+
+def test_batch_wait_times_out(client: Client) -> None:
+    batch = client.send_many("echo", [[1]])
+    with pytest.raises(TimeoutError):
+        batch.wait(timeout=0.2)
+
+
+def test_close_stops_the_listener_promptly(client: Client) -> None:
+    client.submit("echo", 1)
+    listener = client._listener
+    assert listener is not None
+    client.close()
+    assert not listener.is_alive()
