@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.commands.core import Script
@@ -97,7 +97,7 @@ class Entry:
     @classmethod
     def from_fields(cls, entry_id: bytes, fields: Sequence[bytes] | dict[bytes, bytes]) -> Entry:
         if not isinstance(fields, dict):
-            fields = dict(zip(fields[::2], fields[1::2]))
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
         try:
             attempt = int(fields.get(_FIELD_ATTEMPT, b"1"))
         except ValueError:
@@ -132,7 +132,7 @@ class Report:
 
 
 def _load_script(client: redis.Redis, name: str) -> Script:
-    source = resources.files("taskq").joinpath("lua", f"{name}.lua").read_text()
+    source = resources.files("taskq").joinpath(f"lua/{name}.lua").read_text()
     return client.register_script(source)
 
 
@@ -192,7 +192,8 @@ class Broker:
         self, pipe: redis.client.Pipeline, batch_id: str, total: int, ttl: float, **extra: str
     ) -> None:
         key = self.keys.batch(batch_id)
-        pipe.hset(key, mapping={"total": total, "done": 0, "failed": 0, **extra})
+        fields: dict[str, str | int] = {"total": total, "done": 0, "failed": 0, **extra}
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.pexpire(key, int(ttl * 1000))
 
     # -- worker side ----------------------------------------------------------------
@@ -248,12 +249,12 @@ class Broker:
     # -- inspection and management ------------------------------------------------------
 
     def result(self, task_id: str) -> bytes | None:
-        raw: bytes | None = self.client.get(self.keys.result(task_id))
-        return raw
+        raw: Any = self.client.get(self.keys.result(task_id))
+        return cast("bytes | None", raw)
 
     def batch_status(self, batch_id: str) -> dict[str, str]:
-        raw: dict[bytes, bytes] = self.client.hgetall(self.keys.batch(batch_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        raw: Any = self.client.hgetall(self.keys.batch(batch_id))
+        return _text_dict(raw)
 
     def info(self) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
@@ -279,16 +280,16 @@ class Broker:
             "suppressed": counters.get("suppressed", 0),
         }
 
-    def dead_entries(self, count: int = 100) -> list[tuple[str, dict[str, bytes]]]:
-        rows = self.client.xrange(self.keys.dead, count=count)
+    def dead_entries(self, count: int = 100) -> list[tuple[str, dict[bytes, bytes]]]:
+        rows: Any = self.client.xrange(self.keys.dead, count=count)
         return [(eid.decode(), dict(fields)) for eid, fields in rows]
 
     def dead_retry(self, dead_ids: Sequence[str] | None) -> int:
         """Re-enqueue dead-lettered tasks (all when ``dead_ids`` is None) as attempt 1."""
-        rows = (
+        rows: Any = (
             self.client.xrange(self.keys.dead)
             if dead_ids is None
-            else [r for i in dead_ids for r in self.client.xrange(self.keys.dead, i, i)]
+            else [r for i in dead_ids for r in self.client.xrange(self.keys.dead, i, i) or ()]
         )
         if not rows:
             return 0
@@ -307,18 +308,23 @@ class Broker:
 
 
 def all_queues(client: redis.Redis) -> list[str]:
-    return sorted(q.decode() for q in client.smembers(QUEUES_KEY))
+    members: Any = client.smembers(QUEUES_KEY)
+    return sorted(q.decode() for q in members)
 
 
 def live_nodes(client: redis.Redis, max_age: float = 30.0) -> list[dict[str, str]]:
     cutoff = int((time.time() - max_age) * 1000)
-    ids = client.zrangebyscore(NODES_KEY, cutoff, "+inf")
+    ids: Any = client.zrangebyscore(NODES_KEY, cutoff, "+inf")
     nodes = []
     for node_id in ids:
-        raw = client.hgetall(node_key(node_id.decode()))
+        raw: Any = client.hgetall(node_key(node_id.decode()))
         if raw:
-            nodes.append({k.decode(): v.decode() for k, v in raw.items()})
+            nodes.append(_text_dict(raw))
     return nodes
+
+
+def _text_dict(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def raise_broker_error(exc: redis.RedisError, url: str) -> BrokerError:

@@ -116,7 +116,8 @@ def _plan(task_name: str, args: Sequence[Any], chunk_size: int) -> tuple[registr
     if spec is None:
         known = ", ".join(registry.task_names())
         raise UnknownTaskError(f"unknown task {task_name!r} (known: {known}; add yours with --import MODULE)")
-    if spec.split_range and len(args) == 2 and all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+    is_range = len(args) == 2 and all(isinstance(a, int) and not isinstance(a, bool) for a in args)
+    if spec.split_range and is_range:
         start, end = args
         if chunk_size < 1:
             raise ConfigError("--chunk-size must be at least 1")
@@ -230,7 +231,8 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 
 @cli.command()
 @click.option("--procs", "-p", type=int, default=None, help="Pool processes (default: CPU count).")
-@click.option("--queue", "-q", "queues", multiple=True, help="Queue to serve (repeatable; default 'default').")
+@click.option("--queue", "-q", "queues", multiple=True,
+              help="Queue to serve (repeatable; default 'default').")
 @click.option("--batch", type=int, default=None, help="Most tasks claimed per Redis call (default 256).")
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
               help="Module whose @task functions to register (repeatable).")
@@ -238,7 +240,8 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
               help="Per-process initializer, run once in every pool process.")
 @click.option("--init-args", default=None, metavar="JSON", help="JSON array of initializer arguments.")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing is in flight.")
-@click.option("--lease", type=float, default=None, help="Seconds before an unrenewed task is reclaimed (default 30).")
+@click.option("--lease", type=float, default=None,
+              help="Seconds before an unrenewed task is reclaimed (default 30).")
 @click.option("--max-tasks-per-child", type=int, default=None, help="Replace a process after N tasks.")
 @click.option("--max-memory-per-child", type=float, default=None, metavar="MB",
               help="Replace a process whose resident memory passes MB.")
@@ -304,7 +307,8 @@ def result(ctx: click.Context, id: str, queue: str | None) -> None:
         if done + failed < total:
             raise Failure(f"batch {id}: {done + failed}/{total} finished so far")
         ids = [f"{id}.{i}" for i in range(total)]
-        raws = client.redis.mget([client.broker.keys.result(t) for t in ids])
+        raws: list[bytes | None] = client.redis.mget(  # type: ignore[assignment]
+            [client.broker.keys.result(t) for t in ids])
         from taskq.message import decode_outcome
 
         outcomes = [decode_outcome(r) if r else None for r in raws]

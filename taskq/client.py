@@ -7,6 +7,7 @@ the completion script pushes outcomes to, and one listener thread blocks on it
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -74,7 +75,7 @@ class Batch:
             if left <= 0:
                 raise TimeoutError(f"batch {self.id}: {status.finished}/{status.total} finished")
             # Rotating the one-element events list leaves it for other waiters.
-            self.client.redis.blmove(events, events, max(left, 0.01), "RIGHT", "LEFT")
+            self.client.redis.blmove(events, events, max(left, 0.01), "RIGHT", "LEFT")  # type: ignore[arg-type]
 
 
 class Client:
@@ -136,7 +137,9 @@ class Client:
             keep_result=keep_result, timeout=timeout, chunk=chunk,
         )
 
-    def _enqueue(self, messages: Sequence[TaskMessage], batch: tuple[str, dict[str, str]] | None = None) -> None:
+    def _enqueue(
+        self, messages: Sequence[TaskMessage], batch: tuple[str, dict[str, str]] | None = None
+    ) -> None:
         """XADD every message in one pipelined round trip (a batch hash first)."""
         try:
             if not self._group_ready:
@@ -149,7 +152,8 @@ class Client:
             secret = self.settings.secret
             for msg in messages:
                 body = msg.encode()
-                self.broker.enqueue(pipe, body, sign(secret, body) if msg.payload is not None and secret else None)
+                signed = msg.payload is not None and secret is not None
+                self.broker.enqueue(pipe, body, sign(secret, body) if signed and secret else None)
             self.broker.count_enqueued(pipe, len(messages))
             pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -231,7 +235,7 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[Any]:
         """Like ``Executor.map``: every call is sent now, results come back in order."""
-        calls = list(zip(*iterables))
+        calls = list(zip(*iterables))  # noqa: B905 - stops at the shortest, like map()
         chunks = [calls[i:i + chunksize] for i in range(0, len(calls), max(1, chunksize))]
         messages = [self._message(fn, c, None, chunk=True) for c in chunks]
         futures = self._submit_messages(messages)
@@ -279,10 +283,8 @@ class Client:
         self._closed.set()
         listener = self._listener
         if listener is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 self.redis.lpush(self.broker.keys.inbox(self.client_id), _STOP)
-            except redis.RedisError:
-                pass
             listener.join(timeout=5)
         self.redis.close()
 

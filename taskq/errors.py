@@ -98,5 +98,5 @@ def task_error(type_name: str, message: str, remote_traceback: str = "") -> Task
     """Rebuild the right :class:`TaskError` subclass from its wire form."""
     cls = _BY_NAME.get(type_name)
     if cls is not None:
-        return cls(message, remote_traceback)  # type: ignore[call-arg]
+        return cls(message, remote_traceback)
     return TaskError(type_name, message, remote_traceback)

@@ -40,7 +40,7 @@ class TaskSpec:
 
     def retry_delay(self, attempt: int, jitter: float) -> float:
         """Exponential backoff with full jitter: attempt 1 → up to ``retry_backoff`` s."""
-        cap = min(self.retry_backoff_max, self.retry_backoff * (2 ** (attempt - 1)))
+        cap: float = min(self.retry_backoff_max, self.retry_backoff * 2.0 ** (attempt - 1))
         return cap * (0.5 + jitter / 2)
 
 

@@ -219,7 +219,7 @@ class Node:
             args += ["BLOCK", int(CLAIM_BLOCK * 1000)]
         args += ["STREAMS", *(b.keys.stream for b in self.brokers), *(">" for _ in self.brokers)]
         self._claim_conn = conn
-        conn.send_command(*args)
+        conn.send_command(*args)  # type: ignore[no-untyped-call]
 
     def _read_claim(self) -> None:
         conn = self._claim_conn
@@ -242,7 +242,7 @@ class Node:
         node and is handed back or reclaimed, never lost."""
         conn, self._claim_conn = self._claim_conn, None
         if conn is not None:
-            conn.disconnect()
+            conn.disconnect()  # type: ignore[no-untyped-call]
             self._claim_pool.release(conn)
 
     def _accept(self, qi: int, entries: Sequence[Entry]) -> None:
@@ -400,7 +400,7 @@ class Node:
     def _hand_back_unheld(self) -> None:
         """Entries a dropped claim delivered to us but we never saw: give them back."""
         for qi, broker in enumerate(self.brokers):
-            pending = self.client.xpending_range(
+            pending: Any = self.client.xpending_range(
                 broker.keys.stream, GROUP, min="-", max="+", count=100_000,
                 consumername=self.node_id,
             )
