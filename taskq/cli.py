@@ -130,7 +130,8 @@ def _plan(task_name: str, args: Sequence[Any], chunk_size: int) -> tuple[registr
 
 
 def _submit_and_report(client: Client, spec: registry.TaskSpec, calls: list[list[Any]],
-                       no_wait: bool, timeout: float | None) -> None:
+                       no_wait: bool, timeout: float | None,
+                       node_died: Callable[[], str | None] = lambda: None) -> None:
     reduce = spec.reduce if len(calls) > 1 or spec.split_range else None
     if no_wait:
         futures, batch = client.submit_many(spec.name, calls, batch=True, reduce=reduce)
@@ -144,9 +145,12 @@ def _submit_and_report(client: Client, spec: registry.TaskSpec, calls: list[list
     with click.progressbar(length=len(futures), label=f"{spec.name}", file=sys.stderr,
                            show_pos=True) as bar:
         while pending:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
                 raise Failure(f"timed out; the tasks go on: `taskq result {batch.id}` later")
+            problem = node_died()
+            if problem:
+                raise Failure(problem)
             finished, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
             bar.update(len(finished))
     values = [f.result() for f in futures]
@@ -215,8 +219,12 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
             cmd += ["--import", module]
         node = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         try:
+            def node_died() -> str | None:
+                code = node.poll()
+                return None if code is None else f"the worker node exited with code {code}"
+
             with Client(settings=settings.with_(url=server.url)) as client:
-                _submit_and_report(client, spec, calls, False, None)
+                _submit_and_report(client, spec, calls, False, None, node_died)
         finally:
             node.send_signal(signal.SIGTERM)
             try:

@@ -233,7 +233,8 @@ class Node:
         self._claim_pool.release(conn)
         self._claim_empty = not reply
         streams = {b.keys.stream.encode(): i for i, b in enumerate(self.brokers)}
-        for stream, rows in reply or ():
+        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries].
+        for stream, rows in reply.items() if isinstance(reply, dict) else reply or ():
             qi = streams[stream]
             self._accept(qi, [Entry.from_fields(eid, fields) for eid, fields in rows if fields])
 
