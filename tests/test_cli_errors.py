@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from taskq.cli import main, parse_arg
 
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
