@@ -26,6 +26,7 @@ from taskq.broker import Broker, connect
 from taskq.config import Settings
 from taskq.errors import BrokerError, TaskError, task_error
 from taskq.message import Outcome, TaskMessage, decode_outcome, decode_outcomes, sign
+from taskq.sender import Sender
 
 log = logging.getLogger("taskq.client")
 
@@ -106,6 +107,9 @@ class Client:
         self._listener: threading.Thread | None = None
         self._closed = threading.Event()
         self._group_ready = False
+        self._sender: Sender[TaskMessage] = Sender(
+            self._write, self._write_failed, name=f"taskq-sender-{self.client_id}"
+        )
 
     # -- building and sending messages ------------------------------------------------
 
@@ -142,22 +146,38 @@ class Client:
     ) -> None:
         """XADD every message in one pipelined round trip (a batch hash first)."""
         try:
-            if not self._group_ready:
-                self.broker.ensure_group()
-                self._group_ready = True
-            pipe = self.redis.pipeline(transaction=False)
-            if batch is not None:
-                self.broker.create_batch(pipe, batch[0], len(messages), self.settings.result_ttl,
-                                         **batch[1])
-            secret = self.settings.secret
-            for msg in messages:
-                body = msg.encode()
-                signed = msg.payload is not None and secret is not None
-                self.broker.enqueue(pipe, body, sign(secret, body) if signed and secret else None)
-            self.broker.count_enqueued(pipe, len(messages))
-            pipe.execute()
+            self._write(messages, batch)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BrokerError(f"cannot reach Redis at {self.url}: {exc}") from None
+
+    def _write(
+        self, messages: Sequence[TaskMessage], batch: tuple[str, dict[str, str]] | None = None
+    ) -> None:
+        if not self._group_ready:
+            self.broker.ensure_group()
+            self._group_ready = True
+        pipe = self.redis.pipeline(transaction=False)
+        if batch is not None:
+            self.broker.create_batch(pipe, batch[0], len(messages), self.settings.result_ttl,
+                                     **batch[1])
+        secret = self.settings.secret
+        for msg in messages:
+            body = msg.encode()
+            signed = msg.payload is not None and secret is not None
+            self.broker.enqueue(pipe, body, sign(secret, body) if signed and secret else None)
+        self.broker.count_enqueued(pipe, len(messages))
+        pipe.execute()
+
+    def _write_failed(self, messages: Sequence[TaskMessage], exc: BaseException) -> None:
+        """The sender gave up on these: their futures fail; a lost send is logged."""
+        error = BrokerError(f"cannot enqueue on Redis at {self.url}: {exc}")
+        for msg in messages:
+            with self._lock:
+                fut = self._futures.pop(msg.id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+            elif fut is None:
+                log.error("fire-and-forget task %s was not enqueued: %s", msg.id, exc)
 
     def _track(self, messages: Sequence[TaskMessage]) -> list[Future[Any]]:
         futures: list[Future[Any]] = []
@@ -194,7 +214,9 @@ class Client:
     ) -> Future[Any]:
         """:meth:`submit` with per-call options (``timeout`` overrides the task's)."""
         msg = self._message(fn, args, kwargs, timeout=timeout)
-        return self._submit_messages([msg])[0]
+        (fut,) = self._track([msg])
+        self._sender.put(msg)
+        return fut
 
     def submit_many(
         self, fn: TaskRef, arglists: Iterable[Sequence[Any]], *, batch: bool = False,
@@ -215,7 +237,7 @@ class Client:
     def send(self, fn: TaskRef, /, *args: Any, **kwargs: Any) -> str:
         """Fire-and-forget: no result is stored, its completion is still counted."""
         msg = self._message(fn, args, kwargs, reply=False, keep_result=False)
-        self._enqueue([msg])
+        self._sender.put(msg)
         return msg.id
 
     def send_many(self, fn: TaskRef, arglists: Iterable[Sequence[Any]], *,
@@ -276,10 +298,15 @@ class Client:
         status = self.broker.batch_status(batch_id)
         return Batch(self, batch_id, int(status.get("total", 0)))
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every submit/send so far has reached Redis (False on timeout)."""
+        return self._sender.flush(timeout)
+
     def close(self) -> None:
-        """Stop the listener; pending futures are left as they are."""
+        """Send what is buffered, stop the listener; pending futures stay as they are."""
         if self._closed.is_set():
             return
+        self._sender.close()
         self._closed.set()
         listener = self._listener
         if listener is not None:

@@ -7,6 +7,7 @@ never imported: task modules are imported because the operator said so
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import typing
@@ -166,37 +167,50 @@ def resolve_callable(spec: str) -> Callable[..., Any]:
     return typing.cast(Callable[..., Any], obj)
 
 
+@functools.lru_cache(maxsize=1024)
+def _call_shape(fn: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, type]] | None:
+    """A function's signature and its simply-typed parameters, computed once: producers
+    check every call, and ``inspect``/``get_type_hints`` cost ~100 µs a time."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    simple = {
+        name: hint for name, hint in hints.items()
+        if hint in _SIMPLE_TYPES and name in sig.parameters
+        and sig.parameters[name].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                               inspect.Parameter.VAR_KEYWORD)
+    }
+    return sig, simple
+
+
 def check_call(spec: TaskSpec, args: typing.Sequence[Any], kwargs: dict[str, Any]) -> None:
     """Fail early, on the producer, for a wrong argument count or a plainly wrong type.
 
     Only simple annotations (int, float, str, bool, list, dict) are checked; anything
     richer is the task's own business.
     """
-    try:
-        sig = inspect.signature(spec.fn)
-    except (TypeError, ValueError):
+    shape = _call_shape(spec.fn)
+    if shape is None:
         return
+    sig, simple = shape
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as exc:
         raise TypeError(f"{spec.name}{sig}: {exc}") from None
-    try:
-        hints = typing.get_type_hints(spec.fn)
-    except Exception:
-        return
-    for pname, value in bound.arguments.items():
-        hint = hints.get(pname)
-        param = sig.parameters[pname]
-        if hint not in _SIMPLE_TYPES or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+    for pname, hint in simple.items():
+        if pname not in bound.arguments:
             continue
+        value = bound.arguments[pname]
         ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            assert isinstance(hint, type)
-            raise TypeError(
-                f"{spec.name}: argument {pname!r} must be {hint.__name__}, got {value!r}"
-            )
+            raise TypeError(f"{spec.name}: argument {pname!r} must be {hint.__name__}, got {value!r}")
 
 
 _builtins_loaded = False

@@ -33,11 +33,13 @@ class FakeNode:
     """Claims and runs entries in-process with the real runner, reports with the real script."""
 
     def __init__(self, client: Client) -> None:
+        self.client = client
         self.broker = client.broker
         self.redis = client.redis
         self.broker.ensure_group()
 
     def run_all(self) -> int:
+        assert self.client.flush(timeout=10)  # single submits are sent in the background
         rows = self.redis.xreadgroup(GROUP, "node", {self.broker.keys.stream: ">"}, count=10_000)
         if not rows:
             return 0
@@ -131,6 +133,28 @@ def test_batch_wait_times_out(client: Client) -> None:
     batch = client.send_many("echo", [[1]])
     with pytest.raises(TimeoutError):
         batch.wait(timeout=0.2)
+
+
+def test_one_by_one_submits_share_round_trips(client: Client) -> None:
+    futures = [client.submit("echo", i) for i in range(500)]
+    assert client.flush(timeout=10)
+    assert client.redis.xlen(client.broker.keys.stream) == 500
+    assert client.broker.info()["enqueued"] == 500
+    FakeNode(client).run_all()
+    assert [f.result(timeout=10) for f in futures] == list(range(500))
+
+
+def test_enqueue_failure_fails_the_future_not_the_caller(client: Client) -> None:
+    client._sender._retry_for = 0.2
+
+    def unreachable(*args: object) -> None:
+        raise redis_lib.ConnectionError("Connection refused")
+
+    client._write = unreachable  # type: ignore[method-assign]
+    client._sender._write = unreachable
+    fut = client.submit("echo", 1)
+    with pytest.raises(taskq.BrokerError, match="cannot enqueue"):
+        fut.result(timeout=10)
 
 
 def test_close_stops_the_listener_promptly(client: Client) -> None:
