@@ -24,7 +24,7 @@ import base64
 import hashlib
 import hmac
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -69,9 +69,9 @@ class TaskMessage:
             raise TypeError(f"arguments of task {self.task!r} are not JSON-serializable: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class Routing:
-    """Where an outcome goes: enough of an envelope to report on it."""
+class Routing(NamedTuple):
+    """Where an outcome goes: enough of an envelope to report on it. A NamedTuple, as
+    one crosses the pool's pipe per task and tuples unpickle several times faster."""
 
     task_id: str
     reply_to: str | None
