@@ -58,7 +58,7 @@ def client(redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setattr("taskq.client.connect", lambda url, **kw: redis)
     c = Client(settings=Settings(url="redis://fixture/0"))
     yield c
-    c._closed.set()
+    c.close()
 
 
 def test_submit_resolves_a_real_future(client: Client) -> None:
