@@ -339,19 +339,18 @@ class Client:
         while not self._closed.is_set():
             try:
                 item = conn.blpop([inbox], timeout=2)
-                if item is None:
-                    continue
-                blobs = [item[1], *(conn.lpop(inbox, 1000) or [])]
+                blobs: list[bytes] = [item[1]] if item else []  # type: ignore[list-item]
+                while blobs:
+                    # Resolve the first reply before draining more: latency first.
+                    for blob in blobs:
+                        if blob != _STOP:
+                            self._resolve(blob)
+                    blobs = conn.lpop(inbox, 1000) or []  # type: ignore[assignment]
                 backoff = 0.1
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("reply listener lost Redis (%s); retrying in %.1f s", exc, backoff)
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-                continue
-            for blob in blobs:
-                if blob == _STOP:
-                    continue
-                self._resolve(blob)
         conn.close()
 
     def _resolve(self, blob: bytes) -> None:
