@@ -9,33 +9,26 @@ Durations are float seconds here; they are converted at the Redis boundary.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from taskq.errors import ConfigError
 
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "default"
+T = TypeVar("T", int, float)
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_number(name: str, default: T, cast: Callable[[str], T]) -> T:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        return cast(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        kind = "whole number" if cast is int else "number"
+        raise ConfigError(f"{name}={raw!r} is not a {kind}") from None
 
 
 @dataclass(frozen=True)
@@ -84,10 +77,10 @@ class Settings:
         base: dict[str, Any] = {
             "url": os.environ.get("TASKQ_URL") or DEFAULT_URL,
             "queues": tuple(q for q in queue_env.split(",") if q) if queue_env else (DEFAULT_QUEUE,),
-            "procs": _env_int("TASKQ_PROCS", os.cpu_count() or 1),
-            "batch": _env_int("TASKQ_BATCH", 256),
-            "lease": _env_float("TASKQ_LEASE", 30.0),
-            "result_ttl": _env_float("TASKQ_RESULT_TTL", 24 * 3600.0),
+            "procs": _env_number("TASKQ_PROCS", os.cpu_count() or 1, int),
+            "batch": _env_number("TASKQ_BATCH", 256, int),
+            "lease": _env_number("TASKQ_LEASE", 30.0, float),
+            "result_ttl": _env_number("TASKQ_RESULT_TTL", 24 * 3600.0, float),
             "secret": secret.encode() if secret else None,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
