@@ -19,13 +19,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 
 from taskq import registry
 from taskq.broker import Broker, connect
 from taskq.config import Settings
-from taskq.errors import BrokerError, TaskError, task_error
-from taskq.message import Outcome, TaskMessage, decode_outcome, decode_outcomes, sign
+from taskq.errors import BrokerError, SignatureError, TaskError, task_error
+from taskq.message import Outcome, TaskMessage, decode_outcome, sign
 from taskq.sender import Sender
 
 log = logging.getLogger("taskq.client")
@@ -110,6 +111,7 @@ class Client:
         self._sender: Sender[TaskMessage] = Sender(
             self._write, self._write_failed, name=f"taskq-sender-{self.client_id}"
         )
+        self._context: Any = None  # taskq.pickled.Context, made on first use
 
     # -- building and sending messages ------------------------------------------------
 
@@ -129,6 +131,16 @@ class Client:
         timeout: float | None = None,
         chunk: bool = False,
     ) -> TaskMessage:
+        spec = None if isinstance(fn, str) else registry.find_task(getattr(fn, "__taskq_name__", ""))
+        if not isinstance(fn, str) and (spec is None or (
+                self.settings.secret is not None and not _json_faithful(args, kwargs, chunk))):
+            # Not a registered task, or arguments JSON would change: a signed pickle.
+            from taskq import pickled
+
+            data = [tuple(a) for a in args] if chunk else (tuple(args), kwargs or {})
+            return self.pickled_message(fn, pickled.STARMAP if chunk else pickled.CALL, data,
+                                        task_id=task_id, reply=reply, keep_result=keep_result,
+                                        batch=batch, timeout=timeout)
         name = registry.name_of(fn)
         spec = registry.find_task(name)
         if spec is not None:
@@ -140,6 +152,37 @@ class Client:
             reply_to=self.client_id if reply else None, batch=batch,
             keep_result=keep_result, timeout=timeout, chunk=chunk,
         )
+
+    def pickled_message(
+        self, fn: Callable[..., Any], mode: int, data: Any, *, context: Any = None,
+        task_id: str | None = None, reply: bool = True, keep_result: bool = True,
+        batch: str | None = None, timeout: float | None = None,
+    ) -> TaskMessage:
+        """A message carrying ``fn`` and ``data`` pickled (see :mod:`taskq.pickled`); it is
+        signed when written. Raises if something cannot be pickled or there is no secret."""
+        from taskq import pickled
+
+        if self.settings.secret is None:
+            raise SignatureError(
+                f"{pickled.label(fn)[8:]} is not a registered task (or its arguments are not "
+                "plain JSON): sending it pickled needs the shared secret TASKQ_SECRET, set "
+                "here and on the worker nodes"
+            )
+        if context is None:
+            if self._context is None:
+                self._context = pickled.Context(self.client_id)
+            context = self._context
+        return TaskMessage(
+            id=task_id or self._new_id(), task=pickled.label(fn),
+            payload=context.payload(fn, mode, data), reply_to=self.client_id if reply else None,
+            batch=batch, keep_result=keep_result, timeout=timeout,
+        )
+
+    def submit_message(self, msg: TaskMessage) -> Future[Any]:
+        """Send a built message (group-committed with other submits); its Future."""
+        (fut,) = self._track([msg])
+        self._sender.put(msg)
+        return fut
 
     def _enqueue(
         self, messages: Sequence[TaskMessage], batch: tuple[str, dict[str, str]] | None = None
@@ -333,11 +376,30 @@ class Client:
                     self._listener.start()
 
     def _listen(self) -> None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         inbox = self.broker.keys.inbox(self.client_id)
-        conn = connect(self.url, socket_connect_timeout=5.0, socket_timeout=10.0)
+        # No hidden client-side retries: this loop must see every lost connection.
+        conn = connect(self.url, socket_connect_timeout=5.0, socket_timeout=10.0,
+                       retry=Retry(NoBackoff(), 0))
         backoff = 0.1
+        missed = False
         while not self._closed.is_set():
             try:
+                if missed:
+                    # Replies popped just before the connection dropped (e.g. Redis was
+                    # killed between its AOF fsync and the reply) are gone; the outcomes
+                    # of tasks that keep their result are stored: read those instead.
+                    with self._lock:
+                        waiting = list(self._futures)
+                    for i in range(0, len(waiting), 1000):
+                        ids = waiting[i:i + 1000]
+                        stored: Any = conn.mget([self.broker.keys.result(t) for t in ids])
+                        for raw in stored:
+                            if raw is not None:
+                                self._resolve(raw)
+                    missed = False
                 item = conn.blpop([inbox], timeout=2)
                 blobs: list[bytes] = [item[1]] if item else []  # type: ignore[list-item]
                 while blobs:
@@ -349,26 +411,38 @@ class Client:
                 backoff = 0.1
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("reply listener lost Redis (%s); retrying in %.1f s", exc, backoff)
+                missed = True
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
         conn.close()
 
     def _resolve(self, blob: bytes) -> None:
         try:
-            outcomes = decode_outcomes(blob)
+            objs = orjson.loads(blob)
+            for obj in [objs] if isinstance(objs, dict) else objs:
+                if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+                    raise ValueError("malformed outcome")
         except Exception:
             log.warning("ignoring a malformed reply: %r", blob[:200])
             return
-        for outcome in outcomes:
+        for obj in [objs] if isinstance(objs, dict) else objs:
             with self._lock:
-                fut = self._futures.pop(outcome.task_id, None)
+                fut = self._futures.pop(obj["id"], None)
             if fut is None or fut.done():
                 continue  # a duplicate outcome, or cancelled meanwhile
             try:
-                if outcome.ok:
-                    fut.set_result(outcome.value)
+                if "x" in obj:  # a pickled result: verified before it is unpickled
+                    from taskq import pickled
+
+                    ok, value = pickled.load_outcome(obj, self.settings.secret)
                 else:
-                    fut.set_exception(outcome.exception())
+                    outcome = decode_outcome(obj)
+                    ok = outcome.ok
+                    value = outcome.value if ok else outcome.exception()
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
             except Exception:  # cancelled between the check and the set
                 pass
 
@@ -377,10 +451,32 @@ def _chunk_results(futures: Sequence[Future[Any]], deadline: float | None) -> It
     for fut in futures:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         items = fut.result(timeout=left)
+        if not isinstance(items, list) and not items.errors:  # a pickled ChunkResult
+            yield from items.values
+            continue
         for ok, value in items:
             if not ok:
-                raise task_error(*value)
+                raise value if isinstance(value, BaseException) else task_error(*value)
             yield value
+
+
+def _json_faithful(args: Sequence[Any], kwargs: dict[str, Any] | None, chunk: bool) -> bool:
+    """Would these arguments come back from JSON exactly as they are?"""
+    values: list[Any] = [*itertools.chain.from_iterable(args)] if chunk else list(args)
+    if kwargs:
+        values.extend(kwargs.values())
+    while values:
+        v = values.pop()
+        t = type(v)
+        if t is list:
+            values.extend(v)
+        elif t is dict:
+            if not all(type(k) is str for k in v):
+                return False
+            values.extend(v.values())
+        elif t not in (str, int, float, bool) and v is not None:
+            return False
+    return True
 
 
 __all__ = ["Batch", "BatchStatus", "Client", "TaskError"]

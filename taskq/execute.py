@@ -15,7 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskq import pool, registry
-from taskq.errors import MessageError, SignatureError, TaskError, UnknownTaskError
+from taskq.errors import (
+    MessageError,
+    SignatureError,
+    TaskError,
+    TaskqError,
+    UnknownTaskError,
+    task_error,
+)
 from taskq.message import ErrorTriple, Routing, TaskMessage, decode, encode_error, encode_ok
 
 # (kind, routing, outcome JSON, x1, x2): the fields of a broker.Report minus the entry id.
@@ -93,12 +100,41 @@ def run_entry(payload: EntryPayload) -> RunResult:
         pool.arm_timeout(None)
     except (Exception, SystemExit) as exc:  # a task calling sys.exit() fails, not the process
         pool.arm_timeout(None)
-        if attempt <= spec.retries and isinstance(exc, spec.retry_on):
-            due_ms = int((time.time() + spec.retry_delay(attempt, random.random())) * 1000)
-            packed = b"%d|%s|%s" % (attempt + 1, signature or b"", body)
-            return ("retry", _routing(msg), b"", packed, str(due_ms).encode())
-        return ("fail", _routing(msg), encode_error(msg.id, error_triple(exc)), b"", b"")
+        return _retry_or_fail(msg, spec, payload, exc, error_triple(exc))
     return _encode_value(msg, value)
+
+
+def _retry_or_fail(msg: TaskMessage, spec: registry.TaskSpec, payload: EntryPayload,
+                   exc: BaseException, error: ErrorTriple) -> RunResult:
+    body, signature, attempt = payload
+    if attempt <= spec.retries and isinstance(exc, spec.retry_on):
+        due_ms = int((time.time() + spec.retry_delay(attempt, random.random())) * 1000)
+        packed = b"%d|%s|%s" % (attempt + 1, signature or b"", body)
+        return ("retry", _routing(msg), b"", packed, str(due_ms).encode())
+    return ("fail", _routing(msg), encode_error(msg.id, error), b"", b"")
+
+
+def run_lost(payload: EntryPayload, error: ErrorTriple, secret: bytes | None) -> RunResult:
+    """The report for a task whose process died under it (WorkerLostError) or was killed
+    at its hard time limit (TaskTimeoutError), decided in the node parent.
+
+    The task's own retry policy applies, as to any error it raised: with ``retries`` and a
+    matching ``retry_on`` it is retried with backoff, else it fails. The parent only reads
+    the envelope and the registry (it runs no user code); anything it cannot decode, and
+    signed pickled payloads, fail.
+    """
+    body = payload[0]
+    try:
+        msg = decode(body, payload[1], secret)
+        spec = registry.find_task(msg.task) if msg.payload is None else None
+    except TaskqError:
+        msg, spec = None, None
+    if msg is None or spec is None or msg.chunk:
+        from taskq.message import routing_of
+
+        routing = routing_of(body)
+        return ("fail", routing, encode_error(routing.task_id if routing else "?", error), b"", b"")
+    return _retry_or_fail(msg, spec, payload, task_error(*error), error)
 
 
 def _encode_value(msg: TaskMessage, value: Any) -> RunResult:
@@ -124,6 +160,12 @@ def _run_chunk(msg: TaskMessage, spec: registry.TaskSpec, timeout: float | None)
 
 
 def _run_pickled(msg: TaskMessage) -> RunResult:
+    global _pickled_runner
+    if _pickled_runner is None and _secret is not None:
+        # Only reached once a payload's signature has verified: load the pickle machinery.
+        from taskq import pickled
+
+        _pickled_runner = lambda m: pickled.run(m.id, m.payload or b"", _secret)  # noqa: E731
     if _pickled_runner is None:
         error = ("SignatureError", "this worker does not run pickled payloads", "")
         return ("fail", _routing(msg), encode_error(msg.id, error), b"", b"")

@@ -1,0 +1,166 @@
+"""``taskq.Process`` and ``taskq.cpu_count``: the rest of what ``import taskq as
+multiprocessing`` needs for the classic Process/Value/Lock programs.
+
+A Process runs its target as one task on a worker node: ``start()`` sends it, ``join()``
+waits for it. Processes, Values and Locks made without a URL share one *default
+backend*: ``TASKQ_URL`` if set, else a local cluster (embedded Redis and a local node
+with one process per CPU) started on first use and stopped at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from typing import Any
+
+from taskq.broker import live_nodes
+from taskq.config import DEFAULT_QUEUE
+from taskq.errors import ConfigError
+from taskq.executor import Backend
+
+_default: Backend | None = None
+_default_lock = threading.Lock()
+_counter = itertools.count(1)
+_children: set[Future[Any]] = set()  # non-daemon Processes: waited for at exit
+
+
+def default_backend() -> Backend:
+    """The backend of Processes, Values and Locks made without a URL (started once)."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.closed:
+            from taskq import pool
+
+            if pool._child is not None and not os.environ.get("TASKQ_URL"):
+                raise ConfigError("inside a task, give taskq.Value/Lock/Process a url= "
+                                  "(or set TASKQ_URL on the worker nodes)")
+            _default = Backend(None, queue=os.environ.get("TASKQ_QUEUE") or DEFAULT_QUEUE,
+                               procs=None, secret=None, initializer=None, initargs=(),
+                               max_tasks=None, kind="process")
+            atexit.register(_close_default)
+        return _default
+
+
+def _close_default() -> None:
+    """At exit, like the stdlib: join the non-daemon Processes, then stop."""
+    backend = _default
+    if backend is not None and not backend.closed:
+        wait_futures(list(_children))
+        shared = sys.modules.get("taskq.shared")
+        if shared is not None:
+            shared.release_all()
+        backend.close(kill=True)
+
+
+def cpu_count() -> int:
+    """Processes available: the live nodes' total with ``TASKQ_URL`` set, else local CPUs."""
+    url = os.environ.get("TASKQ_URL")
+    local = os.cpu_count() or 1
+    if not url:
+        return local
+    from taskq.broker import connect
+
+    try:
+        with connect(url, socket_timeout=5.0, socket_connect_timeout=5.0) as client:
+            total = sum(int(n.get("procs", 0)) for n in live_nodes(client))
+    except Exception:
+        return local
+    return total or local
+
+
+class Process:
+    """``multiprocessing.Process``: ``start``, ``join``, ``is_alive``, ``exitcode``.
+
+    The target (or an overriding ``run``) runs as a task on a worker; a failure prints
+    the remote traceback to stderr, as a child process would, and sets ``exitcode`` 1.
+    """
+
+    def __init__(self, group: None = None, target: Callable[..., object] | None = None,
+                 name: str | None = None, args: Sequence[Any] = (),
+                 kwargs: dict[str, Any] | None = None, *, daemon: bool | None = None) -> None:
+        assert group is None, "group argument must be None for now"
+        self._target, self._args, self._kwargs = target, tuple(args), dict(kwargs or {})
+        self.name = name or f"Process-{next(_counter)}"
+        self.daemon = bool(daemon)
+        self._future: Future[Any] | None = None
+
+    def run(self) -> None:
+        if self._target is not None:
+            self._target(*self._args, **self._kwargs)
+
+    def start(self) -> None:
+        if self._future is not None:
+            raise AssertionError("cannot start a process twice")
+        if type(self).run is Process.run:
+            fn: Callable[..., object] = self._target or _nothing
+            self._future = default_backend().call(fn, self._args, self._kwargs)
+        else:
+            self._future = default_backend().call(self.run, (), {})
+        if not self.daemon:
+            _children.add(self._future)
+        self._future.add_done_callback(self._finished)
+
+    def _finished(self, fut: Future[Any]) -> None:
+        _children.discard(fut)
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is None or isinstance(exc, SystemExit):
+            return
+        cause = exc.__cause__
+        text = str(cause) if cause is not None else "".join(traceback.format_exception(exc))
+        sys.stderr.write(f"Process {self.name}:\n{text}")
+        sys.stderr.flush()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._future is None:
+            raise AssertionError("can only join a started process")
+        wait_futures([self._future], timeout)
+
+    def is_alive(self) -> bool:
+        return self._future is not None and not self._future.done()
+
+    @property
+    def exitcode(self) -> int | None:
+        fut = self._future
+        if fut is None or not fut.done():
+            return None
+        if fut.cancelled():
+            return -signal.SIGTERM
+        exc = fut.exception()
+        if isinstance(exc, SystemExit):
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return 0 if exc is None else 1
+
+    @property
+    def pid(self) -> int | None:
+        return None  # it runs on a worker node, possibly another machine
+
+    ident = pid
+
+    def terminate(self) -> None:
+        """Best effort: a task not yet started never starts; a running one runs on."""
+        if self._future is not None:
+            self._future.cancel()
+
+    kill = terminate
+
+    def close(self) -> None:
+        pass
+
+    def __getstate__(self) -> dict[str, Any]:  # a subclass's run() travels with its object
+        return {k: v for k, v in self.__dict__.items() if k not in ("_future",)}
+
+    def __repr__(self) -> str:
+        state = "initial" if self._future is None else ("started" if self.is_alive() else "stopped")
+        return f"<taskq.Process name={self.name!r} {state}>"
+
+
+def _nothing() -> None:
+    pass
