@@ -146,3 +146,12 @@ def test_keys_share_the_queue_hash_tag(broker: Broker) -> None:
     for key in (k.stream, k.stats, k.delayed, k.dead, k.result("t"), k.inbox("c"),
                 k.batch("b"), k.batch_events("b")):
         assert key.startswith("taskq:{q}:")
+
+
+def test_replies_queue_oldest_first(broker: Broker) -> None:
+    _enqueue(broker, 3, reply_to="c1")
+    entries = _claim(broker, "n1")
+    for entry in entries:  # three separate completion calls
+        broker.complete("n1", [_ok(entry)], 60)
+    first = broker.client.lpop(broker.keys.inbox("c1"))
+    assert [o["id"] for o in orjson.loads(first or b"")] == ["t0"]

@@ -81,7 +81,8 @@ for s = 1, #acked, 500 do
 end
 
 for ik, items in pairs(inbox_items) do
-  redis.call('LPUSH', KEYS[ik], '[' .. table.concat(items, ',') .. ']')
+  -- RPUSH: the producer pops from the left, so replies arrive oldest first.
+  redis.call('RPUSH', KEYS[ik], '[' .. table.concat(items, ',') .. ']')
   redis.call('PEXPIRE', KEYS[ik], ttl)
 end
 
