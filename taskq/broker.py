@@ -226,13 +226,24 @@ class Broker:
         applied, suppressed = self._complete(keys=key_list, args=argv)
         return int(applied), int(suppressed)
 
-    def renew(self, consumer: str, limit: int = 100_000) -> int:
-        return int(self._renew(keys=[self.keys.stream], args=[GROUP, consumer, limit]))
+    def renew(self, consumer: str, entry_ids: Sequence[bytes] | None = None,
+              limit: int = 100_000) -> int:
+        """Reset the lease clock of ``entry_ids`` (None: of all) that ``consumer`` still owns."""
+        if entry_ids is not None and not entry_ids:
+            return 0
+        args: list[Any] = [GROUP, consumer, limit, *(entry_ids or ())]
+        return int(self._renew(keys=[self.keys.stream], args=args))
 
-    def reclaim(self, consumer: str, lease: float, count: int) -> list[tuple[Entry, int]]:
-        """Entries whose lease expired, now owned by ``consumer``, with delivery counts."""
+    def reclaim(self, consumer: str, lease: float, count: int, *, suspects: int | None = None,
+                plain: bool = True, max_deliveries: int = 2**31) -> list[tuple[Entry, int]]:
+        """Entries whose lease expired, now owned by ``consumer``, with delivery counts.
+
+        ``suspects`` caps the entries taken that already lost two nodes (None: no cap);
+        ``plain=False`` takes only those and the ones past ``max_deliveries``."""
         rows = self._reclaim(
-            keys=[self.keys.stream], args=[GROUP, consumer, int(lease * 1000), count]
+            keys=[self.keys.stream],
+            args=[GROUP, consumer, int(lease * 1000), count,
+                  count if suspects is None else suspects, int(plain), max_deliveries],
         )
         return [(Entry.from_fields(row[0], row[2]), int(row[1])) for row in rows]
 

@@ -11,8 +11,6 @@ import importlib.util
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -207,31 +205,14 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 
     No Redis installation needed: `taskq run primes 0 50000 --procs 4`.
     """
-    from taskq.embedded import EmbeddedRedis
+    from taskq.local import LocalCluster
 
     import_modules(imports)
     spec, calls = _plan(task, [parse_arg(a) for a in args], chunk_size)
     settings = Settings.from_env(procs=procs)
-    with EmbeddedRedis() as server:
-        cmd = [sys.executable, "-m", "taskq", "--url", server.url, "worker",
-               "--procs", str(settings.procs), "--log-level", "warning"]
-        for module in imports:
-            cmd += ["--import", module]
-        node = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-        try:
-            def node_died() -> str | None:
-                code = node.poll()
-                return None if code is None else f"the worker node exited with code {code}"
-
-            with Client(settings=settings.with_(url=server.url)) as client:
-                _submit_and_report(client, spec, calls, False, None, node_died)
-        finally:
-            node.send_signal(signal.SIGTERM)
-            try:
-                node.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
+    with LocalCluster(settings.procs, queue=settings.queues[0], imports=imports) as cluster, \
+            Client(settings=settings.with_(url=cluster.url, secret=cluster.secret)) as client:
+        _submit_and_report(client, spec, calls, False, None, cluster.node_died)
 
 
 # -- worker ----------------------------------------------------------------------------
@@ -255,6 +236,10 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
               help="Replace a process whose resident memory passes MB.")
 @click.option("--shutdown-timeout", type=float, default=None,
               help="Seconds a graceful stop waits for running tasks (default 30).")
+@click.option("--max-deliveries", type=int, default=None,
+              help="Dead-letter a task whose node was lost this many times (default 5).")
+@click.option("--hard-timeout-grace", type=float, default=None,
+              help="Seconds past a task's timeout before its process is killed (default 5).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.pass_context
@@ -262,7 +247,8 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], batch: int | None,
            imports: tuple[str, ...], init: str | None, init_args: str | None, burst: bool,
            lease: float | None, max_tasks_per_child: int | None,
-           max_memory_per_child: float | None, shutdown_timeout: float | None, log_level: str) -> None:
+           max_memory_per_child: float | None, shutdown_timeout: float | None,
+           max_deliveries: int | None, hard_timeout_grace: float | None, log_level: str) -> None:
     """Run a worker node until SIGTERM/SIGINT (a second signal stops at once)."""
     from taskq.worker import Node
 
@@ -282,6 +268,7 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], batch
     settings = _settings(
         ctx, procs=procs, queues=queues or None, batch=batch, lease=lease,
         max_tasks_per_child=max_tasks_per_child, shutdown_timeout=shutdown_timeout,
+        max_deliveries=max_deliveries, hard_timeout_grace=hard_timeout_grace,
         max_memory_per_child=int(max_memory_per_child * 1024 * 1024) if max_memory_per_child else None,
     )
     node = Node(settings, imports=imports, init=init, init_args=parsed_args, burst=burst)

@@ -413,7 +413,7 @@ class Client:
                 log.warning("reply listener lost Redis (%s); retrying in %.1f s", exc, backoff)
                 missed = True
                 self._closed.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)  # reconnect within a second of Redis
         conn.close()
 
     def _resolve(self, blob: bytes) -> None:

@@ -63,6 +63,10 @@ class Settings:
             raise ConfigError(f"batch must be at least 1, got {self.batch}")
         if self.lease < 1:
             raise ConfigError(f"lease must be at least 1 second, got {self.lease}")
+        if self.max_deliveries < 1:
+            raise ConfigError(f"max_deliveries must be at least 1, got {self.max_deliveries}")
+        if self.hard_timeout_grace < 0:
+            raise ConfigError(f"hard_timeout_grace must be >= 0, got {self.hard_timeout_grace}")
         if not self.queues:
             raise ConfigError("at least one queue is needed")
         for q in self.queues:

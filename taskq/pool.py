@@ -9,6 +9,12 @@ Each child has a duplex pipe and a shared slot ``[running seq or -1, start (mono
 hard deadline or +inf, stolen-from seq, stolen-to seq]``: the parent attributes a death or
 an overrun to one job without a round trip per job, and takes back jobs queued behind a
 long one (the child claims each job under a lock, so a taken-back job never runs twice).
+
+Recycling (max tasks, max memory) is the parent's decision, one process at a time: a
+process is told to exit only while every sibling is up and initialized, so recycling never
+takes more than one process's capacity at once. A process over its memory limit asks
+(``_OVER``) and exits at once if it may, else works on until its turn; the first processes
+get staggered task budgets, so they do not all come due together.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ _MAX_DEPTH = 512
 _LONG_JOB = 0.005  # a child this long into one job gets nothing more piled behind it
 _UNREAD_BUDGET = 64 * 1024  # well under the socket buffer, so a send never blocks
 _INIT_FAILURES = 3
-_RES, _READY, _INIT_FAIL, _ARM = range(4)
+_RES, _READY, _INIT_FAIL, _ARM, _OVER = range(5)
 _EXIT = pickle.dumps(None, _P)
+_GO_ON = pickle.dumps((), _P)  # to a process over its memory limit: not your turn yet
 ErrorTuple = tuple[str, str, str]
 
 
@@ -191,7 +198,7 @@ def _flush(conn: Connection, reads: int, seqs: list[int], durs: list[float],
 
 def _child_main(conn: Connection, slot: Any, lock: Any, runner: Runner,
                 initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
-                max_tasks: int | None, max_memory: int | None, grace: float,
+                max_memory: int | None, grace: float,
                 parent_pid: int, foreign: list[Connection]) -> None:
     global _child
     for other in foreign:  # siblings' pipes: holding them would hide their EOFs
@@ -211,7 +218,7 @@ def _child_main(conn: Connection, slot: Any, lock: Any, runner: Runner,
     durs: list[float] = []
     vals: list[Any] = []
     errs: list[tuple[int, ErrorTuple]] = []
-    reads = done = 0
+    reads = 0
     mono = time.monotonic
     last = mono()
     try:
@@ -249,10 +256,18 @@ def _child_main(conn: Connection, slot: Any, lock: Any, runner: Runner,
             seqs.append(seq)
             durs.append(t1 - t0)
             vals.append(value)
-            done += 1
-            if done == max_tasks or (rss is not None and max_memory and rss() > max_memory):
-                _flush(conn, reads, seqs, durs, vals, errs)  # unstarted jobs: parent requeues
-                return
+            if rss is not None and max_memory and rss() > max_memory:
+                rss = None  # ask once: exit now (unstarted jobs are requeued), or go on
+                _flush(conn, reads, seqs, durs, vals, errs)
+                conn.send_bytes(pickle.dumps((_OVER,), _P))
+                while (msg := pickle.loads(conn.recv_bytes())) != ():
+                    reads += 1
+                    if msg is None:
+                        return
+                    pending.extend(msg)
+                reads += 1
+                last = mono()
+                continue
             if len(seqs) >= _FLUSH_COUNT or t1 - last >= _FLUSH_SECONDS:
                 while conn.poll():  # take queued chunks first so the ack count is current
                     msg = pickle.loads(conn.recv_bytes())
@@ -272,8 +287,9 @@ def _child_main(conn: Connection, slot: Any, lock: Any, runner: Runner,
 # ---------------------------------------------------------------- the parent side
 
 class _Worker:
-    __slots__ = ("alive", "broken", "conn", "held", "init_failed", "lock", "pid", "pidfd", "proc",
-                 "reads", "ready", "sent", "sentinel", "slot", "tasks_left", "unread", "wake")
+    __slots__ = ("alive", "broken", "conn", "held", "init_failed", "lock", "over", "pid", "pidfd",
+                 "proc", "reads", "ready", "retiring", "sent", "sentinel", "slot", "tasks_left",
+                 "unread", "wake")
 
     def __init__(self, proc: Any, conn: Connection, slot: Any, lock: Any,
                  tasks_left: int | None) -> None:
@@ -286,7 +302,7 @@ class _Worker:
         self.sent: deque[int] = deque()  # sizes of messages the child has not acked
         self.unread = self.reads = 0
         self.alive = True
-        self.ready = self.broken = self.init_failed = False
+        self.ready = self.broken = self.init_failed = self.retiring = self.over = False
         self.wake = _INF  # announced hard deadline: wake by then even if the slot says inf
 
 
@@ -341,8 +357,9 @@ class SupervisedPool:
             return
         self._started = True
         _live_pools.add(self)
-        for _ in range(self._procs):
-            self._spawn()
+        n = self._max_tasks
+        for i in range(self._procs):  # staggered budgets: recycling comes due in turn
+            self._spawn(None if n is None else max(1, n - i * n // self._procs))
 
     def __enter__(self) -> SupervisedPool:
         self.start()
@@ -427,7 +444,7 @@ class SupervisedPool:
 
     # -- internals
 
-    def _spawn(self) -> None:
+    def _spawn(self, budget: int | None = None) -> None:
         conn, child_conn = _CTX.Pipe(duplex=True)
         slot = _CTX.RawArray("d", [-1.0, 0.0, _INF, 0.0, 0.0])
         lock = _CTX.Lock()
@@ -435,10 +452,10 @@ class SupervisedPool:
         proc = _CTX.Process(
             target=_child_main, name="taskq-pool",
             args=(child_conn, slot, lock, self._runner, self._initializer, self._initargs,
-                  self._max_tasks, self._max_memory, self._grace, os.getpid(), foreign))
+                  self._max_memory, self._grace, os.getpid(), foreign))
         proc.start()
         child_conn.close()
-        w = _Worker(proc, conn, slot, lock, self._max_tasks)
+        w = _Worker(proc, conn, slot, lock, budget or self._max_tasks)
         # A pidfd fires at exit even if a grandchild inherited proc.sentinel's pipe.
         with contextlib.suppress(AttributeError, OSError):
             w.pidfd = w.sentinel = os.pidfd_open(w.pid)
@@ -513,6 +530,10 @@ class SupervisedPool:
             self._on_results(w, *msg[1:])
         elif kind == _ARM:
             w.wake = min(w.wake, msg[1])
+        elif kind == _OVER:  # over its memory limit, waiting for a verdict
+            w.over = True
+            w.retiring = not self._recycling(but=w)
+            self._send(w, _EXIT if w.retiring else _GO_ON)
         elif kind == _READY:
             w.ready = True
             self._init_streak = 0
@@ -601,7 +622,24 @@ class SupervisedPool:
 
     def _has_idle(self) -> bool:
         return not self._queue and any(
-            w.ready and not w.held and not w.broken and w.tasks_left != 0 for w in self._workers)
+            w.ready and not w.held and not w.broken and not w.retiring and w.tasks_left != 0
+            for w in self._workers)
+
+    def _retire_one(self) -> None:
+        """Tell one process that is due for recycling (its task budget is spent and its
+        jobs are done, or it is over its memory limit) to exit, unless a sibling is still
+        being replaced; it finishes what it holds, exits, and _death replaces it."""
+        if self._recycling():
+            return
+        for w in self._workers:
+            if (w.tasks_left == 0 and not w.held) or w.over:
+                w.retiring = True
+                self._send(w, _EXIT)
+                return
+
+    def _recycling(self, but: _Worker | None = None) -> bool:
+        return any(w is not but and (w.retiring or w.broken or not w.ready)
+                   for w in self._workers)
 
     @staticmethod
     def _stealable(w: _Worker) -> bool:
@@ -611,6 +649,7 @@ class SupervisedPool:
     def _dispatch(self) -> None:
         if self._closing:
             return
+        self._retire_one()
         now = time.monotonic()
         if self._has_idle():
             for w in self._workers:  # an idle child and one stuck on a long job: rebalance
@@ -620,7 +659,7 @@ class SupervisedPool:
         for w in self._workers:
             if not q:
                 return
-            if not w.ready or w.broken:
+            if not w.ready or w.broken or w.retiring:
                 continue
             room = self._depth - len(w.held)
             if w.tasks_left is not None:

@@ -26,9 +26,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import Connection
+from redis.retry import Retry
 
-from taskq import execute
+from taskq import execute, registry
 from taskq.broker import GROUP, NODES_KEY, Broker, Entry, Report, connect, node_key
 from taskq.config import Settings
 from taskq.errors import BrokerError
@@ -40,7 +42,16 @@ log = logging.getLogger("taskq.worker")
 CLAIM_BLOCK = 2.0
 """Seconds one blocking claim waits; the claim socket's timeout is well above it."""
 PROMOTE_EVERY, HEARTBEAT_EVERY = 0.25, 5.0
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 1.0
+"""Seconds between reconnection attempts while Redis is away: short next to a lease."""
+SUSPECT_DELIVERIES = 3
+"""A reclaimed entry delivered this often already lost two nodes: it may be poison, so a
+node holds at most one such suspect at a time and reclaims nothing else meanwhile."""
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, BrokerError)
+_REDIS_UNWELL = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
+                 redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+"""Error replies of a server that cannot serve us right now: back off as if it were down
+(so do MISCONF, a failing disk, and the same errors raised inside a script)."""
 
 JobKey = tuple[int, bytes]  # (queue index, entry id)
 
@@ -62,10 +73,15 @@ class Node:
         self.burst = burst
         self.node_id = node_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         timeout = max(10.0, CLAIM_BLOCK + 5.0)
-        self.client = connect(settings.url, socket_timeout=timeout, socket_connect_timeout=5.0)
+        # No client-side retries: a retrying command would stall the loop for seconds
+        # while Redis is away; the loop backs off and reconnects by itself (_redis_down).
+        self.client = connect(settings.url, socket_timeout=timeout, socket_connect_timeout=5.0,
+                              retry=Retry(NoBackoff(), 0))
         self._claim_pool = redis.ConnectionPool.from_url(
-            settings.url, socket_timeout=timeout, socket_connect_timeout=5.0
+            settings.url, socket_timeout=timeout, socket_connect_timeout=5.0,
+            retry=Retry(NoBackoff(), 0),
         )
+        registry.import_task_modules(imports)  # retry policies for tasks whose process died
         self.brokers = [Broker(self.client, q) for q in settings.queues]
         self.pool = SupervisedPool(
             settings.procs,
@@ -77,13 +93,14 @@ class Node:
             hard_timeout_grace=settings.hard_timeout_grace,
         )
         self.held: dict[JobKey, Entry] = {}
+        self._suspects: set[JobKey] = set()
         self.unreported: list[tuple[int, Report]] = []
         self.stopping = 0  # 0 running, 1 draining (graceful), 2 leave now
         self.processed = self.failed = 0
         self._claim_conn: Connection | None = None
         self._claim_empty = False
         self._down_until = 0.0
-        self._backoff = 0.1
+        self._backoff = BACKOFF_MIN
         now = time.monotonic()
         self._due = {"renew": now, "reclaim": now, "promote": now, "heartbeat": now}
         self._drain_deadline = float("inf")
@@ -157,18 +174,7 @@ class Node:
             self._begin_drain()
         now = time.monotonic()
         if now >= self._down_until:
-            try:
-                self._housekeeping(now)
-                self._flush_reports()
-                self._maybe_claim()
-                self._backoff = 0.1
-            except _REDIS_DOWN as exc:
-                self._redis_down(exc)
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self._drop_claim()
-                self._setup()  # the stream vanished (Redis restarted empty): recreate it
+            self._guarded(self._talk, now)
         waitables: list[Any] = [self._wake_r]
         if self._claim_conn is not None:
             waitables.append(self._claim_conn._sock)
@@ -177,11 +183,41 @@ class Node:
             os.read(self._wake_r, 512)
         if done:
             self._finish(done)
-        if self._claim_conn is not None and self._claim_conn.can_read(timeout=0):
-            try:
-                self._read_claim()
-            except _REDIS_DOWN as exc:
+        if self._claim_conn is not None:
+            self._guarded(self._poll_claim)
+
+    def _talk(self, now: float) -> None:
+        if self._backoff > BACKOFF_MIN:
+            # Back after an outage: renew first, and give the other nodes time to come
+            # back and renew theirs before taking anything as expired.
+            self._due["reclaim"] = max(self._due["reclaim"],
+                                       now + self.settings.lease / 2 + BACKOFF_MAX)
+        self._housekeeping(now)
+        self._flush_reports()
+        self._maybe_claim()
+        self._backoff = BACKOFF_MIN
+
+    def _poll_claim(self) -> None:
+        conn = self._claim_conn
+        if conn is not None and conn.can_read(timeout=0):  # raises too if the server hung up
+            self._read_claim()
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        """Run one exchange with Redis; an outage backs off, a vanished stream is recreated."""
+        try:
+            fn(*args)
+        except _REDIS_DOWN as exc:
+            self._redis_down(exc)
+        except redis.ResponseError as exc:
+            text = str(exc)
+            if "NOGROUP" in text:  # the stream vanished (Redis restarted empty): recreate it
+                self._drop_claim()
+                self._guarded(self._setup)
+            elif isinstance(exc, _REDIS_UNWELL) or any(
+                    code in text for code in ("MISCONF", "READONLY", "OOM", "TRYAGAIN")):
                 self._redis_down(exc)
+            else:
+                raise
 
     def _wait_time(self) -> float:
         now = time.monotonic()
@@ -200,7 +236,8 @@ class Node:
         log.warning("Redis unavailable (%s); retrying in %.1f s", exc, self._backoff)
         self._drop_claim()
         self._down_until = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, 5.0)
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        self._due["renew"] = 0.0  # first thing once it is back: keep what we hold
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -270,22 +307,21 @@ class Node:
             entry = self.held.pop(d.key, None)
             if entry is None:
                 continue
+            if d.key in self._suspects:  # it did not kill us: take the next one soon
+                self._suspects.discard(d.key)
+                self._due["reclaim"] = 0.0
             if d.error is None:
                 kind, routing, outcome, x1, x2 = d.value
-                report = Report(entry_id, kind, routing, outcome, x1, x2)
-            else:
-                routing = routing_of(entry.body)
+            else:  # its process died, or was killed at the hard time limit
                 error = (d.error.type_name, d.error.message, d.error.traceback)
-                outcome = encode_error(routing.task_id if routing else "?", error)
-                report = Report(entry_id, "fail", routing, outcome)
+                kind, routing, outcome, x1, x2 = execute.run_lost(
+                    (entry.body, entry.signature, entry.attempt), error, self.settings.secret)
+            report = Report(entry_id, kind, routing, outcome, x1, x2)
             self.processed += 1
             self.failed += report.kind != "ok"
             self.unreported.append((qi, report))
         if time.monotonic() >= self._down_until:
-            try:
-                self._flush_reports()
-            except _REDIS_DOWN as exc:
-                self._redis_down(exc)
+            self._guarded(self._flush_reports)
 
     def _report_dead(self, qi: int, entry: Entry, reason: str) -> None:
         self.held.pop((qi, entry.entry_id), None)
@@ -316,13 +352,11 @@ class Node:
     def _housekeeping(self, now: float) -> None:
         lease = self.settings.lease
         if now >= self._due["renew"]:
-            for broker in self.brokers:
-                broker.renew(self.node_id)
+            self._renew()
             self._due["renew"] = now + lease / 3
         if now >= self._due["reclaim"]:
-            if not self.stopping:
-                self._reclaim()
-            self._due["reclaim"] = now + lease / 2
+            more = not self.stopping and self._reclaim()
+            self._due["reclaim"] = now + (0.05 if more else lease / 2)
         if now >= self._due["promote"]:
             for broker in self.brokers:
                 broker.promote()
@@ -331,24 +365,46 @@ class Node:
             self._heartbeat()
             self._due["heartbeat"] = now + HEARTBEAT_EVERY
 
-    def _reclaim(self) -> None:
+    def _renew(self) -> None:
+        """Renew the lease of what this node holds: running or queued in the pool, or
+        finished and not yet reported. Entries pending under this node that it does not
+        know (delivered to a claim it had to abandon when Redis went away) are left to
+        expire, so that any node, this one included, reclaims and runs them."""
+        ids: list[list[bytes]] = [[] for _ in self.brokers]
+        for qi, entry_id in self.held:
+            ids[qi].append(entry_id)
+        for qi, report in self.unreported:
+            ids[qi].append(report.entry_id)
+        for broker, entry_ids in zip(self.brokers, ids, strict=True):
+            broker.renew(self.node_id, entry_ids)
+
+    def _reclaim(self) -> bool:
+        """Take over expired entries; True if there may be more to take right away."""
         room = max(self._room(), self.settings.procs)
+        self._suspects.intersection_update(self.held)
+        more = False
         for qi, broker in enumerate(self.brokers):
-            reclaimed = broker.reclaim(self.node_id, self.settings.lease, room)
+            holding = bool(self._suspects)
+            reclaimed = broker.reclaim(
+                self.node_id, self.settings.lease, room, suspects=0 if holding else 1,
+                plain=not holding, max_deliveries=self.settings.max_deliveries)
             if not reclaimed:
                 continue
+            more = more or len(reclaimed) >= room
             log.info("reclaimed %d expired task(s) from %s", len(reclaimed), broker.queue)
             runnable = []
             for entry, deliveries in reclaimed:
+                key = (qi, entry.entry_id)
                 if deliveries > self.settings.max_deliveries:
-                    self.held[(qi, entry.entry_id)] = entry
-                    self._report_dead(
-                        qi, entry,
-                        f"poison: delivered {deliveries} times and its node was lost each time",
-                    )
-                else:
-                    runnable.append(entry)
+                    self.held[key] = entry
+                    self._report_dead(qi, entry, f"poison: its node was lost {deliveries - 1} "
+                                      "times while holding it (max_deliveries reached)")
+                    continue
+                if deliveries >= SUSPECT_DELIVERIES and key not in self.held:
+                    self._suspects.add(key)
+                runnable.append(entry)
             self._accept(qi, runnable)
+        return more and self._room() > 0  # never hoard more than the pool can start
 
     def _heartbeat(self) -> None:
         now_ms = int(time.time() * 1000)
