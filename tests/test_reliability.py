@@ -532,13 +532,15 @@ def test_nodes_survive_redis_down_longer_than_their_lease(
         embedded_server: EmbeddedRedis, outage_nodes: Nodes, log_dir: Path) -> None:
     """After an outage longer than the lease every node renews what it holds before any
     node reclaims: nothing is taken from a live node, nothing runs twice."""
-    a = outage_nodes.start(procs=1, lease=1.0)
-    b = outage_nodes.start(procs=1, lease=1.0)
+    # Lease 2 s: the post-outage reclaim delay (lease/2 + 1 s) then leaves a second of
+    # slack over the nodes' reconnect backoff (<= 1 s), even on a loaded machine.
+    a = outage_nodes.start(procs=1, lease=2.0)
+    b = outage_nodes.start(procs=1, lease=2.0)
     with Client(embedded_server.url) as client:
-        futures = [client.submit("rel.once", f"through{i}", 2.0) for i in range(2)]
+        futures = [client.submit("rel.once", f"through{i}", 4.0) for i in range(2)]
         wait_until(lambda: len(runs(log_dir)) == 2, 10, "both nodes to start a task")
         embedded_server.kill()
-        time.sleep(1.6)  # longer than the lease
+        time.sleep(2.4)  # longer than the lease
         embedded_server.restart()
         assert all(isinstance(_result(f, 20), int) for f in futures)
         assert runs(log_dir) == {"through0": 1, "through1": 1}
