@@ -6,13 +6,6 @@
 # TASKQ_TEST_REDIS_URL is set explicitly (point it to a throwaway db, e.g. .../15; every
 # test flushes it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-# The project's .venv unless another venv is active.
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then
-    py=.venv/bin/python
-else
-    py=python3
-fi
+source "$(dirname "$0")/_python.sh"
 
 exec "$py" -m pytest "$@"
