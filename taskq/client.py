@@ -132,9 +132,11 @@ class Client:
         chunk: bool = False,
     ) -> TaskMessage:
         spec = None if isinstance(fn, str) else registry.find_task(getattr(fn, "__taskq_name__", ""))
-        if not isinstance(fn, str) and (spec is None or (
-                self.settings.secret is not None and not _json_faithful(args, kwargs, chunk))):
-            # Not a registered task, or arguments JSON would change: a signed pickle.
+        if not isinstance(fn, str) and (spec is None or (self.settings.secret is not None and (
+                chunk or not _json_faithful(args, kwargs, chunk)))):
+            # Not a registered task, arguments JSON would change, or a map chunk while a
+            # secret is at hand (one pickled payload per chunk is ~20x cheaper per item
+            # than JSON envelopes): a signed pickle.
             from taskq import pickled
 
             data = [tuple(a) for a in args] if chunk else (tuple(args), kwargs or {})
