@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import secrets
 import signal
 import socket
 import statistics
@@ -1118,6 +1119,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     sizes = QUICK if opts.quick else FULL
     sys.path.insert(0, HERE)  # bench_rq_tasks, for pickling RQ job references
+    # A shared secret, as a real taskq.Pool deployment has: producers and the worker
+    # nodes started here inherit it, so map chunks travel as one signed pickle each.
+    os.environ.setdefault("TASKQ_SECRET", secrets.token_hex(16))
     logdir = tempfile.mkdtemp(prefix="taskq-bench-")
     procs = Procs(logdir)
     server = None
