@@ -144,10 +144,9 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
         raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from None
 
 
-def describe_redis_error(exc: redis.RedisError, url: str) -> str:
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        return f"cannot reach Redis at {url}: {exc}"
-    return f"Redis error at {url}: {exc}"
+def unreachable(url: str, exc: Exception) -> BrokerError:
+    """The one-line error for a Redis that cannot be reached."""
+    return BrokerError(f"cannot reach Redis at {url}: {exc}")
 
 
 class Broker:
@@ -336,7 +335,3 @@ def live_nodes(client: redis.Redis, max_age: float = 30.0) -> list[dict[str, str
 
 def _text_dict(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def raise_broker_error(exc: redis.RedisError, url: str) -> BrokerError:
-    return BrokerError(describe_redis_error(exc, url))

@@ -21,7 +21,7 @@ import click
 import redis
 
 from taskq import registry
-from taskq.broker import Broker, all_queues, connect, live_nodes
+from taskq.broker import Broker, all_queues, connect, live_nodes, unreachable
 from taskq.client import Client
 from taskq.config import Settings
 from taskq.errors import BrokerError, ConfigError, TaskError, TaskqError, UnknownTaskError
@@ -275,7 +275,7 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], batch
     try:
         node.client.ping()
     except redis.RedisError as exc:
-        raise BrokerError(f"cannot reach Redis at {settings.url}: {exc}") from None
+        raise unreachable(settings.url, exc) from None
     sys.exit(node.run())
 
 
@@ -324,7 +324,7 @@ def info(ctx: click.Context) -> None:
         queues = all_queues(client)
         nodes = live_nodes(client)
     except redis.RedisError as exc:
-        raise BrokerError(f"cannot reach Redis at {settings.url}: {exc}") from None
+        raise unreachable(settings.url, exc) from None
     header = f"{'queue':<20}{'queued':>10}{'in-flight':>11}{'delayed':>9}{'done':>10}{'failed':>9}{'dead':>7}"
     click.echo(header)
     for q in queues:

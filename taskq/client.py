@@ -23,7 +23,7 @@ import orjson
 import redis
 
 from taskq import registry
-from taskq.broker import Broker, connect
+from taskq.broker import Broker, connect, unreachable
 from taskq.config import Settings
 from taskq.errors import BrokerError, SignatureError, TaskError, task_error
 from taskq.message import Outcome, TaskMessage, decode_outcome, sign
@@ -193,7 +193,7 @@ class Client:
         try:
             self._write(messages, batch)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BrokerError(f"cannot reach Redis at {self.url}: {exc}") from None
+            raise unreachable(self.url, exc) from None
 
     def _write(
         self, messages: Sequence[TaskMessage], batch: tuple[str, dict[str, str]] | None = None
