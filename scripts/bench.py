@@ -37,8 +37,8 @@ import math
 import multiprocessing
 import os
 import platform
-import shutil
 import secrets
+import shutil
 import signal
 import socket
 import statistics
