@@ -23,7 +23,15 @@ from taskq.errors import (
     UnknownTaskError,
     task_error,
 )
-from taskq.message import ErrorTriple, Routing, TaskMessage, decode, encode_error, encode_ok
+from taskq.message import (
+    ErrorTriple,
+    Routing,
+    TaskMessage,
+    decode,
+    encode_error,
+    encode_ok,
+    routing_of,
+)
 
 # (kind, routing, outcome JSON, x1, x2): the fields of a broker.Report minus the entry id.
 RunResult = tuple[str, Routing | None, bytes, bytes, bytes]
@@ -67,8 +75,6 @@ def _routing(msg: TaskMessage) -> Routing:
 
 
 def _dead(body: bytes, signature: bytes | None, attempt: int, reason: str, kind: str) -> RunResult:
-    from taskq.message import routing_of
-
     routing = routing_of(body)
     task_id = routing.task_id if routing else "?"
     outcome = encode_error(task_id, (kind, f"dead-lettered: {reason}", ""))
@@ -130,8 +136,6 @@ def run_lost(payload: EntryPayload, error: ErrorTriple, secret: bytes | None) ->
     except TaskqError:
         msg, spec = None, None
     if msg is None or spec is None or msg.chunk:
-        from taskq.message import routing_of
-
         routing = routing_of(body)
         return ("fail", routing, encode_error(routing.task_id if routing else "?", error), b"", b"")
     return _retry_or_fail(msg, spec, payload, task_error(*error), error)
