@@ -995,7 +995,7 @@ def netem_problem() -> str | None:
 
 @contextlib.contextmanager
 def private_redis(procs: Procs, binds: tuple[str, ...]) -> Iterator[int]:
-    from taskq.embedded import find_redis_server
+    from taskq.local.embedded import find_redis_server
 
     port = _free_port()
     workdir = tempfile.mkdtemp(prefix="taskq-bench-redis-")
@@ -1130,7 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
         if opts.url:
             url, where = opts.url, opts.url
         else:
-            from taskq.embedded import EmbeddedRedis
+            from taskq.local.embedded import EmbeddedRedis
 
             server = EmbeddedRedis(port=0).start()
             if server.pid is not None:

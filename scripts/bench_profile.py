@@ -155,7 +155,7 @@ def main() -> int:
     if opts.url:
         url = opts.url
     else:
-        from taskq.embedded import EmbeddedRedis
+        from taskq.local.embedded import EmbeddedRedis
 
         server = EmbeddedRedis(port=0).start()
         url = server.url

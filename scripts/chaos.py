@@ -59,7 +59,7 @@ import reliability_tasks as rt  # noqa: E402
 
 from taskq.broker import GROUP, Broker  # noqa: E402
 from taskq.client import Client  # noqa: E402
-from taskq.embedded import EmbeddedRedis  # noqa: E402
+from taskq.local.embedded import EmbeddedRedis  # noqa: E402
 
 QUEUE = "default"
 GOOD, CHILD_POISON, NODE_POISON = "rel.work", "rel.poison_child", "rel.kill_node"

@@ -23,25 +23,25 @@ if TYPE_CHECKING:
     from concurrent.futures import as_completed, wait
     from multiprocessing import TimeoutError
 
-    from taskq.executor import Executor
-    from taskq.executor import Executor as ProcessPoolExecutor
-    from taskq.local import LocalCluster
-    from taskq.mpool import AsyncResult, Pool
-    from taskq.process import Process, cpu_count
-    from taskq.shared import Lock, Value
+    from taskq.compat.futures import Executor
+    from taskq.compat.futures import Executor as ProcessPoolExecutor
+    from taskq.compat.pool import AsyncResult, Pool
+    from taskq.compat.process import Process, cpu_count
+    from taskq.compat.shared import Lock, Value
+    from taskq.local.cluster import LocalCluster
 
 # The Executor/Pool side loads cloudpickle: imported on first use, so `import taskq` on
 # a worker node (JSON tasks only) stays light.
 _LAZY = {
-    "Executor": ("taskq.executor", "Executor"),
-    "ProcessPoolExecutor": ("taskq.executor", "Executor"),
-    "LocalCluster": ("taskq.local", "LocalCluster"),
-    "Pool": ("taskq.mpool", "Pool"),
-    "AsyncResult": ("taskq.mpool", "AsyncResult"),
-    "Process": ("taskq.process", "Process"),
-    "cpu_count": ("taskq.process", "cpu_count"),
-    "Lock": ("taskq.shared", "Lock"),
-    "Value": ("taskq.shared", "Value"),
+    "Executor": ("taskq.compat.futures", "Executor"),
+    "ProcessPoolExecutor": ("taskq.compat.futures", "Executor"),
+    "LocalCluster": ("taskq.local.cluster", "LocalCluster"),
+    "Pool": ("taskq.compat.pool", "Pool"),
+    "AsyncResult": ("taskq.compat.pool", "AsyncResult"),
+    "Process": ("taskq.compat.process", "Process"),
+    "cpu_count": ("taskq.compat.process", "cpu_count"),
+    "Lock": ("taskq.compat.shared", "Lock"),
+    "Value": ("taskq.compat.shared", "Value"),
     "as_completed": ("concurrent.futures", "as_completed"),
     "wait": ("concurrent.futures", "wait"),
     "TimeoutError": ("multiprocessing", "TimeoutError"),

@@ -205,7 +205,7 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 
     No Redis installation needed: `taskq run primes 0 50000 --procs 4`.
     """
-    from taskq.local import LocalCluster
+    from taskq.local.cluster import LocalCluster
 
     import_modules(imports)
     spec, calls = _plan(task, [parse_arg(a) for a in args], chunk_size)
@@ -250,7 +250,7 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], batch
            max_memory_per_child: float | None, shutdown_timeout: float | None,
            max_deliveries: int | None, hard_timeout_grace: float | None, log_level: str) -> None:
     """Run a worker node until SIGTERM/SIGINT (a second signal stops at once)."""
-    from taskq.worker import Node
+    from taskq.node.node import Node
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -301,12 +301,7 @@ def result(ctx: click.Context, id: str, queue: str | None) -> None:
         total, done, failed = (int(status.get(k, 0)) for k in ("total", "done", "failed"))
         if done + failed < total:
             raise Failure(f"batch {id}: {done + failed}/{total} finished so far")
-        ids = [f"{id}.{i}" for i in range(total)]
-        raws: list[bytes | None] = client.redis.mget(  # type: ignore[assignment]
-            [client.broker.keys.result(t) for t in ids])
-        from taskq.message import decode_outcome
-
-        outcomes = [decode_outcome(r) if r else None for r in raws]
+        outcomes = client.batch_results(id, total)
         if any(o is None for o in outcomes):
             raise Failure(f"batch {id}: some results have expired")
         values = [o.result() for o in outcomes if o is not None]

@@ -1,4 +1,7 @@
-"""Wire types and their encoding.
+"""The wire, with no I/O: the task envelope, the packed stream entry, outcomes, reports,
+the one description of an exception, and signing.
+
+Both sides of Redis import this module; it imports neither.
 
 A task is one stream entry with these fields:
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -69,6 +74,53 @@ class TaskMessage:
             raise TypeError(f"arguments of task {self.task!r} are not JSON-serializable: {exc}") from None
 
 
+_FIELD_BODY, _FIELD_SIG, _FIELD_ATTEMPT = b"m", b"s", b"n"
+
+
+class Entry(NamedTuple):
+    """One stream entry as a node handles it: raw bytes, decoded only in a pool process.
+    A NamedTuple: one crosses the pool's pipe per task."""
+
+    entry_id: bytes
+    body: bytes
+    signature: bytes | None
+    attempt: int
+
+    def packed(self, attempt: int | None = None) -> bytes:
+        """``<attempt>|<sig>|<body>``: the form kept in the delayed set and the dead-letter
+        stream (promote.lua parses it back)."""
+        return b"%d|%s|%s" % (self.attempt if attempt is None else attempt,
+                              self.signature or b"", self.body)
+
+    @classmethod
+    def unpack(cls, packed: bytes, entry_id: bytes = b"") -> Entry:
+        attempt, sig, body = packed.split(b"|", 2)
+        return cls(entry_id, body, sig or None, int(attempt))
+
+    @classmethod
+    def from_fields(cls, entry_id: bytes, fields: Sequence[bytes] | dict[bytes, bytes]) -> Entry:
+        if not isinstance(fields, dict):
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        try:
+            attempt = int(fields.get(_FIELD_ATTEMPT, b"1"))
+        except ValueError:
+            attempt = 1
+        return cls(entry_id, fields.get(_FIELD_BODY, b""), fields.get(_FIELD_SIG), attempt)
+
+    def fields(self) -> dict[bytes, bytes]:
+        """The stream fields to XADD this entry with."""
+        return stream_fields(self.body, self.signature, self.attempt)
+
+
+def stream_fields(body: bytes, signature: bytes | None = None, attempt: int = 1) -> dict[bytes, bytes]:
+    fields = {_FIELD_BODY: body}
+    if signature:
+        fields[_FIELD_SIG] = signature
+    if attempt != 1:
+        fields[_FIELD_ATTEMPT] = str(attempt).encode()
+    return fields
+
+
 class Routing(NamedTuple):
     """Where an outcome goes: enough of an envelope to report on it. A NamedTuple, as
     one crosses the pool's pipe per task and tuples unpickle several times faster."""
@@ -77,6 +129,50 @@ class Routing(NamedTuple):
     reply_to: str | None
     batch: str | None
     keep_result: bool
+
+
+class Report(NamedTuple):
+    """What a node records for one finished entry (broker.Broker.complete applies it).
+
+    ``kind`` is ok | fail | retry | dead; ``outcome`` the outcome JSON for the result key,
+    the reply inbox and the batch (empty for a retry); for a retry ``packed`` is the entry
+    to run again and ``extra`` its due time in ms; for a dead letter ``packed`` is the
+    entry and ``extra`` the reason.
+    """
+
+    kind: str
+    routing: Routing | None
+    outcome: bytes
+    packed: bytes = b""
+    extra: bytes = b""
+
+
+DEAD_LETTER_ERROR = "DeadLetteredError"
+"""The error type a producer sees for every dead-lettered task, whatever the reason."""
+
+
+def dead_letter(entry: Entry, reason: str) -> Report:
+    """The one dead-letter report: never run, kept with its reason; the producer (if the
+    envelope names one) gets a DeadLetteredError that says why."""
+    routing = routing_of(entry.body)
+    outcome = encode_error(routing.task_id if routing else "?",
+                           (DEAD_LETTER_ERROR, f"dead-lettered: {reason}", ""))
+    return Report("dead", routing, outcome, entry.packed(), reason.encode())
+
+
+def describe_exception(exc: BaseException) -> ErrorTriple:
+    """An exception as (qualified type name, message, traceback text): the one form every
+    error takes on the wire. A TaskError keeps the remote type and traceback it carries."""
+    if isinstance(exc, TaskError):
+        return (exc.type_name, exc.message, exc.remote_traceback or "".join(
+            traceback.format_exception(exc)))
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {name}>"
+    return (name, message, "".join(traceback.format_exception(exc)))
 
 
 def sign(secret: bytes, body: bytes) -> bytes:

@@ -213,6 +213,21 @@ def check_call(spec: TaskSpec, args: typing.Sequence[Any], kwargs: dict[str, Any
             raise TypeError(f"{spec.name}: argument {pname!r} must be {hint.__name__}, got {value!r}")
 
 
+_after_task: list[Callable[[], None]] = []
+
+
+def after_each_task(hook: Callable[[], None]) -> None:
+    """Run ``hook`` in a pool process after every signed task (taskq.Lock uses it to hand
+    back leases a task still holds). Registered once per process by whoever needs it."""
+    if hook not in _after_task:
+        _after_task.append(hook)
+
+
+def run_after_task_hooks() -> None:
+    for hook in _after_task:
+        hook()
+
+
 _builtins_loaded = False
 
 

@@ -25,8 +25,8 @@ import fakeredis
 import pytest
 import redis as redis_lib
 
-from taskq.embedded import EmbeddedRedis
 from taskq.errors import EmbeddedRedisError
+from taskq.local.embedded import EmbeddedRedis
 
 
 def pytest_configure(config: pytest.Config) -> None:

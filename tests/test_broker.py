@@ -8,19 +8,16 @@ import orjson
 import pytest
 import redis as redis_lib
 
-from taskq.broker import GROUP, Broker, Entry, Report
-from taskq.message import TaskMessage, encode_error, encode_ok, routing_of
+from taskq.broker import GROUP, Broker
+from taskq.message import Entry, Report, TaskMessage, encode_error, encode_ok, routing_of
 
 pytestmark = pytest.mark.realserver
 
 
 def _enqueue(broker: Broker, n: int, **kw: object) -> None:
-    pipe = broker.client.pipeline(transaction=False)
-    for i in range(n):
-        msg = TaskMessage(id=f"t{i}", task="echo", args=[i], **kw)  # type: ignore[arg-type]
-        broker.enqueue(pipe, msg.encode())
-    broker.count_enqueued(pipe, n)
-    pipe.execute()
+    messages = [TaskMessage(id=f"t{i}", task="echo", args=[i], **kw)  # type: ignore[arg-type]
+                for i in range(n)]
+    broker.enqueue([(m.encode(), None) for m in messages])
 
 
 def _claim(broker: Broker, node: str, n: int = 100) -> list[Entry]:
@@ -28,10 +25,10 @@ def _claim(broker: Broker, node: str, n: int = 100) -> list[Entry]:
     return [Entry.from_fields(eid, f) for eid, f in rows[0][1]] if rows else []
 
 
-def _ok(entry: Entry) -> Report:
+def _ok(entry: Entry) -> tuple[bytes, Report]:
     routing = routing_of(entry.body)
     assert routing is not None
-    return Report(entry.entry_id, "ok", routing, encode_ok(routing.task_id, "v"))
+    return entry.entry_id, Report("ok", routing, encode_ok(routing.task_id, "v"))
 
 
 @pytest.fixture
@@ -42,10 +39,9 @@ def broker(redis: redis_lib.Redis) -> Broker:
 
 
 def test_complete_acks_deletes_stores_and_replies(broker: Broker) -> None:
-    _enqueue(broker, 3, reply_to="c1", keep_result=True, batch="B")
-    pipe = broker.client.pipeline()
-    broker.create_batch(pipe, "B", 3, 60)
-    pipe.execute()
+    messages = [TaskMessage(id=f"t{i}", task="echo", args=[i], reply_to="c1", keep_result=True,
+                            batch="B") for i in range(3)]
+    broker.enqueue([(m.encode(), None) for m in messages], ("B", 60, {}))
     entries = _claim(broker, "n1")
     assert broker.info()["in_flight"] == 3
     assert broker.complete("n1", [_ok(e) for e in entries[:2]], 60) == (2, 0)
@@ -55,8 +51,8 @@ def test_complete_acks_deletes_stores_and_replies(broker: Broker) -> None:
     inbox = broker.client.lrange(broker.keys.inbox("c1"), 0, -1)
     assert [o["id"] for o in orjson.loads(inbox[0])] == ["t0", "t1"]  # one push per call
     assert broker.client.llen(broker.keys.batch_events("B")) == 0
-    fail = Report(entries[2].entry_id, "fail", routing_of(entries[2].body),
-                  encode_error("t2", ("ValueError", "x", "")))
+    fail = (entries[2].entry_id, Report("fail", routing_of(entries[2].body),
+                                        encode_error("t2", ("ValueError", "x", ""))))
     broker.complete("n1", [fail], 60)
     assert broker.batch_status("B") == {"total": "3", "done": "2", "failed": "1"}
     assert broker.client.llen(broker.keys.batch_events("B")) == 1  # complete: waiters wake
@@ -79,8 +75,8 @@ def test_late_report_from_a_node_that_lost_its_lease_is_suppressed(broker: Broke
     time.sleep(0.02)
     ((taken, deliveries),) = broker.reclaim("new", lease=0.01, count=10)
     assert taken.entry_id == entry.entry_id and deliveries == 2
-    new_outcome = Report(entry.entry_id, "ok", routing_of(entry.body), encode_ok("t0", "new"))
-    stale = Report(entry.entry_id, "ok", routing_of(entry.body), encode_ok("t0", "stale"))
+    new_outcome = (entry.entry_id, Report("ok", routing_of(entry.body), encode_ok("t0", "new")))
+    stale = (entry.entry_id, Report("ok", routing_of(entry.body), encode_ok("t0", "stale")))
     assert broker.complete("old", [stale], 60) == (0, 1)
     assert broker.result("t0") is None  # nothing written by the stale node
     assert broker.complete("new", [new_outcome], 60) == (1, 0)
@@ -103,9 +99,9 @@ def test_retry_goes_through_the_delayed_set_with_the_next_attempt(broker: Broker
     _enqueue(broker, 1)
     (entry,) = _claim(broker, "n1")
     due_ms = int(time.time() * 1000) + 60_000
-    member = Entry(entry.entry_id, entry.body, None, 2).packed()
-    retry = Report(entry.entry_id, "retry", routing_of(entry.body), b"", member,
-                   str(due_ms).encode())
+    member = entry.packed(attempt=2)
+    retry = (entry.entry_id, Report("retry", routing_of(entry.body), b"", member,
+                                    str(due_ms).encode()))
     assert broker.complete("n1", [retry], 60) == (1, 0)
     assert broker.promote() == 0  # not due yet
     broker.client.zadd(broker.keys.delayed, {member: 1})  # the backoff has passed
@@ -118,8 +114,9 @@ def test_retry_goes_through_the_delayed_set_with_the_next_attempt(broker: Broker
 def test_dead_letter_retry_and_purge(broker: Broker) -> None:
     _enqueue(broker, 2, reply_to="c1")
     entries = _claim(broker, "n1")
-    reports = [Report(e.entry_id, "dead", routing_of(e.body),
-                      encode_error("t", ("DeadLetteredError", "bad", "")), e.packed(), b"poison")
+    reports = [(e.entry_id, Report("dead", routing_of(e.body),
+                                   encode_error("t", ("DeadLetteredError", "bad", "")), e.packed(),
+                                   b"poison"))
                for e in entries]
     broker.complete("n1", reports, 60)
     dead = broker.dead_entries()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from taskq.embedded import find_redis_server
 from taskq.errors import EmbeddedRedisError
+from taskq.local.embedded import find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

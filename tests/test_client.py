@@ -10,11 +10,12 @@ import pytest
 import redis as redis_lib
 
 import taskq
-from taskq import execute
-from taskq.broker import GROUP, Entry, Report
+from taskq.broker import GROUP
 from taskq.client import Client
 from taskq.config import Settings
 from taskq.errors import TaskError
+from taskq.message import Entry
+from taskq.node import runner
 
 
 @taskq.task(name="tests.client.add")
@@ -45,9 +46,7 @@ class FakeNode:
             return 0
         reports = []
         for eid, fields in rows[0][1]:
-            entry = Entry.from_fields(eid, fields)
-            kind, routing, outcome, x1, x2 = execute.run_entry((entry.body, entry.signature, 1))
-            reports.append(Report(eid, kind, routing, outcome, x1, x2))
+            reports.append((eid, runner.run_entry(Entry.from_fields(eid, fields))))
         self.broker.complete("node", reports, 60)
         return len(reports)
 
@@ -55,7 +54,7 @@ class FakeNode:
 @pytest.fixture
 def client(redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
     # Point the Client's connections at the fixture's server (fake or real).
-    monkeypatch.setattr("taskq.client.connect", lambda url, **kw: redis)
+    monkeypatch.setattr("taskq.client.client.connect", lambda url, **kw: redis)
     c = Client(settings=Settings(url="redis://fixture/0"))
     yield c
     c.close()
@@ -159,7 +158,7 @@ def test_enqueue_failure_fails_the_future_not_the_caller(client: Client) -> None
 
 def test_close_stops_the_listener_promptly(client: Client) -> None:
     client.submit("echo", 1)
-    listener = client._listener
-    assert listener is not None
+    name = f"taskq-replies-{client.client_id}"
+    (listener,) = [t for t in threading.enumerate() if t.name == name]
     client.close()
     assert not listener.is_alive()

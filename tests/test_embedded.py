@@ -14,8 +14,8 @@ import psutil
 import pytest
 import redis as redis_lib
 
-from taskq.embedded import EmbeddedRedis, find_redis_server
 from taskq.errors import EmbeddedRedisError
+from taskq.local.embedded import EmbeddedRedis, find_redis_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -104,7 +104,7 @@ def test_busy_port_reports_log_line() -> None:
 
 @pytest.mark.usefixtures("binary")
 def test_free_port_race_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    import taskq.embedded as embedded
+    import taskq.local.embedded as embedded
 
     real_free_port = embedded._free_port
     with socket.socket() as taken:
@@ -184,7 +184,7 @@ def test_forked_child_does_not_stop_parent_server() -> None:
 def test_atexit_stops_a_forgotten_server() -> None:
     code = textwrap.dedent(
         """
-        from taskq.embedded import EmbeddedRedis
+        from taskq.local.embedded import EmbeddedRedis
         s = EmbeddedRedis().start()
         print(s.pid, s.directory, flush=True)
         """

@@ -21,8 +21,8 @@ import pytest
 import redis as redis_lib
 
 import taskq
-from taskq.broker import Broker, entry_fields
-from taskq.message import TaskMessage
+from taskq.broker import Broker
+from taskq.message import TaskMessage, stream_fields
 
 pytestmark = pytest.mark.timeout(90)
 SECRET = "s3cret-for-tests"
@@ -113,9 +113,10 @@ def test_a_worker_with_another_secret_refuses_and_the_producer_is_told(
     marker = tmp_path / "ran"
     with taskq.Executor(redis_url, secret="not-the-same") as ex:
         fut = ex.submit(touch, str(marker))
-        with pytest.raises(taskq.TaskError) as err:
+        with pytest.raises(taskq.DeadLetteredError) as err:
             fut.result(timeout=30)
-    assert err.value.type_name == "SignatureError"
+    assert err.value.type_name == "DeadLetteredError"  # one documented type for every dead letter
+    assert "untrusted payload" in err.value.message
     assert "signature does not match" in err.value.message
     broker = Broker(redis_lib.Redis.from_url(redis_url), "default")
     (_, fields), = broker.dead_entries()
@@ -130,8 +131,8 @@ def test_unsigned_or_forged_pickles_are_never_loaded(
     broker.ensure_group()
     evil = pickle.dumps(Evil(str(tmp_path / "worker-ran")))
     body = TaskMessage(id="evil-1", task="pickled:x.y", payload=evil).encode()
-    r.xadd(broker.keys.stream, entry_fields(body))  # type: ignore[arg-type]
-    r.xadd(broker.keys.stream, entry_fields(body, b"0" * 64))  # type: ignore[arg-type]
+    r.xadd(broker.keys.stream, stream_fields(body))  # type: ignore[arg-type]
+    r.xadd(broker.keys.stream, stream_fields(body, b"0" * 64))  # type: ignore[arg-type]
     wait_for(lambda: broker.info()["dead"] == 2)
     reasons = sorted(f[b"reason"].decode() for _, f in broker.dead_entries())
     assert "not signed" in reasons[0] + reasons[1] and "does not match" in reasons[0] + reasons[1]

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from taskq import pool as pool_module
 from taskq.errors import TaskqError
-from taskq.pool import Done, Job, PoolInitError, SupervisedPool, arm_timeout
+from taskq.node import child as pool_module
+from taskq.node.child import arm_timeout
+from taskq.node.pool import Done, Job, PoolInitError, SupervisedPool
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -429,7 +430,7 @@ def test_arm_timeout_outside_a_pool_job_is_a_no_op() -> None:
 
 _ORPHAN_SCRIPT = """
 import time
-from taskq.pool import Job, SupervisedPool
+from taskq.node.pool import Job, SupervisedPool
 pool = SupervisedPool(2, time.sleep)
 pool.start()
 pool.submit([Job(0, 60), Job(1, 60)])  # both children busy: only PDEATHSIG can stop them

@@ -27,8 +27,8 @@ import reliability_tasks as rt
 
 from taskq.broker import Broker
 from taskq.client import Client
-from taskq.embedded import EmbeddedRedis
 from taskq.errors import TaskError, TaskTimeoutError, WorkerLostError
+from taskq.local.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -580,8 +580,10 @@ def test_producer_recovers_a_reply_lost_with_its_connection(
                 raise redis_lib.ConnectionError("connection lost with the reply")
             return item
 
-    monkeypatch.setattr("taskq.client.connect",
-                        lambda url, **kw: LosingRedis.from_url(url, **kw))
+    def connect(url: str, retries: bool = True, **kw: Any) -> redis_lib.Redis:
+        return LosingRedis.from_url(url, **kw)
+
+    monkeypatch.setattr("taskq.client.client.connect", connect)
     nodes.start(procs=1)
     with Client(redis_url) as client:
         fut = client.submit("rel.once", "reply", 0)

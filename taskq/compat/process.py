@@ -21,10 +21,11 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from taskq.broker import live_nodes
+from taskq.broker import connect, procs_serving
+from taskq.compat.backend import Backend
 from taskq.config import DEFAULT_QUEUE
 from taskq.errors import ConfigError
-from taskq.executor import Backend
+from taskq.node.child import in_pool_process
 
 _default: Backend | None = None
 _default_lock = threading.Lock()
@@ -37,9 +38,7 @@ def default_backend() -> Backend:
     global _default
     with _default_lock:
         if _default is None or _default.closed:
-            from taskq import pool
-
-            if pool._child is not None and not os.environ.get("TASKQ_URL"):
+            if in_pool_process() and not os.environ.get("TASKQ_URL"):
                 raise ConfigError("inside a task, give taskq.Value/Lock/Process a url= "
                                   "(or set TASKQ_URL on the worker nodes)")
             _default = Backend(None, queue=os.environ.get("TASKQ_QUEUE") or DEFAULT_QUEUE,
@@ -54,7 +53,7 @@ def _close_default() -> None:
     backend = _default
     if backend is not None and not backend.closed:
         wait_futures(list(_children))
-        shared = sys.modules.get("taskq.shared")
+        shared = sys.modules.get("taskq.compat.shared")
         if shared is not None:
             shared.release_all()
         backend.close(kill=True)
@@ -66,11 +65,9 @@ def cpu_count() -> int:
     local = os.cpu_count() or 1
     if not url:
         return local
-    from taskq.broker import connect
-
     try:
         with connect(url, socket_timeout=5.0, socket_connect_timeout=5.0) as client:
-            total = sum(int(n.get("procs", 0)) for n in live_nodes(client))
+            total = procs_serving(client)
     except Exception:
         return local
     return total or local

@@ -21,9 +21,9 @@ from concurrent import futures as cf
 from concurrent.futures import Future
 from typing import Any
 
+from taskq.compat.backend import Backend, ChunkSize, chunk_items, chunk_values
 from taskq.config import DEFAULT_QUEUE
 from taskq.errors import TaskqError
-from taskq.executor import Backend, ChunkSize, chunk_items, chunk_values
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 Callback = Callable[[Any], object] | None

@@ -1,19 +1,22 @@
-"""A supervised pool of forked processes, driven by a single-threaded parent's event loop.
+"""The supervised pool, parent side: slots, dispatch, crash attribution, recycling.
+
+A pool of forked processes (their runtime is :mod:`taskq.node.child`), driven by a
+single-threaded parent's event loop.
 
 Like ``multiprocessing.Pool`` but with crash isolation (a dead child costs only the job
 it was running), per-job hard timeouts, recycling, and adaptive chunking. The parent
 never blocks: ``poll()`` waits on the children's pipes and sentinels (plus whatever the
 caller adds) and does all supervision work itself.
 
-Each child has a duplex pipe and a shared slot ``[running seq or -1, start (monotonic),
-hard deadline or +inf, stolen-from seq, stolen-to seq]``: the parent attributes a death or
-an overrun to one job without a round trip per job, and takes back jobs queued behind a
-long one (the child claims each job under a lock, so a taken-back job never runs twice).
+Each child has a duplex pipe and a shared slot (see :mod:`taskq.node.child`): the parent
+attributes a death or an overrun to one job without a round trip per job, and takes back
+jobs queued behind a long one (the child claims each job under a lock, so a taken-back
+job never runs twice).
 
 Recycling (max tasks, max memory) is the parent's decision, one process at a time: a
 process is told to exit only while every sibling is up and initialized, so recycling never
 takes more than one process's capacity at once. A process over its memory limit asks
-(``_OVER``) and exits at once if it may, else works on until its turn; the first processes
+(``OVER``) and exits at once if it may, else works on until its turn; the first processes
 get staggered task budgets, so they do not all come due together.
 """
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import math
 import multiprocessing
 import os
@@ -29,33 +31,23 @@ import pickle
 import signal
 import sys
 import time
-import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from types import FrameType
 from typing import Any
 
-from taskq.errors import ConfigError, TaskError, TaskqError, TaskTimeoutError
-
-Runner = Callable[[Any], Any]
+from taskq.errors import ConfigError, TaskqError
+from taskq.message import ErrorTriple, describe_exception
+from taskq.node.child import ARM, EXIT, GO_ON, INF, INIT_FAIL, OVER, READY, RES, P, Runner, child_main
 
 _CTX = multiprocessing.get_context("fork")
-_INF = float("inf")
-_P = pickle.HIGHEST_PROTOCOL
-_FLUSH_SECONDS = 0.001  # a child sends buffered results at least this often...
-_FLUSH_COUNT = 256  # ...or once it holds this many
 _CHUNK_SECONDS = 0.002  # work a child should hold when jobs are short
 _MAX_DEPTH = 512
 _LONG_JOB = 0.005  # a child this long into one job gets nothing more piled behind it
 _UNREAD_BUDGET = 64 * 1024  # well under the socket buffer, so a send never blocks
 _INIT_FAILURES = 3
-_RES, _READY, _INIT_FAIL, _ARM, _OVER = range(5)
-_EXIT = pickle.dumps(None, _P)
-_GO_ON = pickle.dumps((), _P)  # to a process over its memory limit: not your turn yet
-ErrorTuple = tuple[str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,208 +76,6 @@ class PoolInitError(TaskqError):
     """The pool initializer failed in several pool processes in a row."""
 
 
-def _error_tuple(exc: BaseException) -> ErrorTuple:
-    if isinstance(exc, TaskError):
-        name = exc.type_name
-    else:
-        cls = type(exc)
-        name = cls.__qualname__ if cls.__module__ == "builtins" else (
-            f"{cls.__module__}.{cls.__qualname__}")
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<unprintable {name}>"
-    return (name, message, "".join(traceback.format_exception(exc)))
-
-
-# ---------------------------------------------------------------- the child side
-
-class _Child:
-    __slots__ = ("announced", "conn", "grace", "in_job", "limit", "slot", "timed")
-
-    def __init__(self, conn: Connection, slot: Any, grace: float) -> None:
-        self.conn, self.slot, self.grace = conn, slot, grace
-        self.in_job = self.timed = False
-        self.limit = 0.0
-        self.announced = _INF  # earliest hard deadline the parent was told about
-
-
-_child: _Child | None = None
-
-
-def arm_timeout(seconds: float | None) -> None:
-    """Set the running job's time limit (None: none). A no-op outside a pool job.
-
-    At ``seconds`` TaskTimeoutError is raised inside the job; at ``seconds`` plus the
-    pool's hard_timeout_grace the parent kills the process. Disarmed when the job ends.
-    """
-    c = _child
-    if c is None or not c.in_job:
-        return
-    if seconds is None:
-        if c.timed:
-            _disarm(c)
-        return
-    c.limit = max(float(seconds), 0.001)
-    c.timed = True
-    now = time.monotonic()
-    deadline = now + c.limit + c.grace
-    c.slot[2] = deadline
-    signal.setitimer(signal.ITIMER_REAL, c.limit)
-    # The parent reads deadlines from the slot whenever it wakes; only wake it when it
-    # might otherwise sleep past this one.
-    if deadline < c.announced or now >= c.announced:
-        c.announced = deadline
-        with contextlib.suppress(OSError):
-            c.conn.send_bytes(pickle.dumps((_ARM, deadline), _P))
-
-
-def _disarm(c: _Child) -> None:
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
-    c.slot[2] = _INF
-    c.timed = False
-
-
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    c = _child
-    if c is not None and c.in_job and c.timed:
-        raise TaskTimeoutError(f"task exceeded its {c.limit:g} s time limit")
-
-
-def _setup_child_signals(parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGALRM, _on_alarm)
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)  # the parent's event-loop pipe is not ours
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # die with the parent, even on SIGKILL
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _rss_reader() -> Callable[[], int]:
-    try:
-        fd = os.open("/proc/self/statm", os.O_RDONLY)
-    except OSError:
-        import resource
-
-        return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    page = os.sysconf("SC_PAGE_SIZE")
-    return lambda: int(os.pread(fd, 128, 0).split()[1]) * page
-
-
-def _flush(conn: Connection, reads: int, seqs: list[int], durs: list[float],
-           vals: list[Any], errs: list[tuple[int, ErrorTuple]]) -> None:
-    try:
-        blob = pickle.dumps(vals, _P)
-    except Exception:
-        for i, v in enumerate(vals):
-            try:
-                pickle.dumps(v, _P)
-            except Exception as exc:
-                vals[i] = None
-                errs.append((i, _error_tuple(exc)))
-        blob = pickle.dumps(vals, _P)
-    conn.send_bytes(pickle.dumps((_RES, reads, seqs, durs, errs, blob), _P))
-    seqs.clear()
-    durs.clear()
-    vals.clear()
-    errs.clear()
-
-
-def _child_main(conn: Connection, slot: Any, lock: Any, runner: Runner,
-                initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
-                max_memory: int | None, grace: float,
-                parent_pid: int, foreign: list[Connection]) -> None:
-    global _child
-    for other in foreign:  # siblings' pipes: holding them would hide their EOFs
-        other.close()
-    _setup_child_signals(parent_pid)
-    c = _child = _Child(conn, slot, grace)
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except BaseException as exc:
-            conn.send_bytes(pickle.dumps((_INIT_FAIL, _error_tuple(exc)), _P))
-            sys.exit(1)
-    conn.send_bytes(pickle.dumps((_READY,), _P))
-    rss = _rss_reader() if max_memory else None
-    pending: deque[tuple[int, Any]] = deque()
-    seqs: list[int] = []
-    durs: list[float] = []
-    vals: list[Any] = []
-    errs: list[tuple[int, ErrorTuple]] = []
-    reads = 0
-    mono = time.monotonic
-    last = mono()
-    try:
-        while True:
-            if not pending:
-                if seqs:
-                    _flush(conn, reads, seqs, durs, vals, errs)
-                    last = mono()
-                msg = pickle.loads(conn.recv_bytes())
-                reads += 1
-                if msg is None:
-                    return
-                pending.extend(msg)
-                continue
-            seq, payload = pending.popleft()
-            t0 = mono()
-            with lock:  # claim it, unless the parent took it back to run elsewhere
-                if slot[3] <= seq < slot[4]:
-                    continue
-                slot[1] = t0
-                slot[0] = seq
-            value = None
-            try:
-                c.in_job = True
-                try:
-                    value = runner(payload)
-                finally:
-                    c.in_job = False
-                    if c.timed:
-                        _disarm(c)
-            except BaseException as exc:  # even SystemExit: the job fails, not the process
-                errs.append((len(seqs), _error_tuple(exc)))
-            t1 = mono()
-            slot[0] = -1.0
-            seqs.append(seq)
-            durs.append(t1 - t0)
-            vals.append(value)
-            if rss is not None and max_memory and rss() > max_memory:
-                rss = None  # ask once: exit now (unstarted jobs are requeued), or go on
-                _flush(conn, reads, seqs, durs, vals, errs)
-                conn.send_bytes(pickle.dumps((_OVER,), _P))
-                while (msg := pickle.loads(conn.recv_bytes())) != ():
-                    reads += 1
-                    if msg is None:
-                        return
-                    pending.extend(msg)
-                reads += 1
-                last = mono()
-                continue
-            if len(seqs) >= _FLUSH_COUNT or t1 - last >= _FLUSH_SECONDS:
-                while conn.poll():  # take queued chunks first so the ack count is current
-                    msg = pickle.loads(conn.recv_bytes())
-                    reads += 1
-                    if msg is None:
-                        _flush(conn, reads, seqs, durs, vals, errs)
-                        return
-                    pending.extend(msg)
-                _flush(conn, reads, seqs, durs, vals, errs)
-                last = mono()
-    except (EOFError, OSError):  # the parent is gone
-        return
-    finally:
-        conn.close()
-
-
-# ---------------------------------------------------------------- the parent side
-
 class _Worker:
     __slots__ = ("alive", "broken", "conn", "held", "init_failed", "lock", "over", "pid", "pidfd",
                  "proc", "reads", "ready", "retiring", "sent", "sentinel", "slot", "tasks_left",
@@ -303,7 +93,7 @@ class _Worker:
         self.unread = self.reads = 0
         self.alive = True
         self.ready = self.broken = self.init_failed = self.retiring = self.over = False
-        self.wake = _INF  # announced hard deadline: wake by then even if the slot says inf
+        self.wake = INF  # announced hard deadline: wake by then even if the slot says inf
 
 
 _live_pools: weakref.WeakSet[SupervisedPool] = weakref.WeakSet()
@@ -375,7 +165,7 @@ class SupervisedPool:
         while any(w.held for w in self._workers) and time.monotonic() < end:
             self._pump(end - time.monotonic(), ())
         for w in self._workers:
-            self._send(w, _EXIT)
+            self._send(w, EXIT)
         left = {w.sentinel: w for w in self._workers}
         while left and (ready := wait(list(left), max(0.05, end - time.monotonic()))):
             for s in [s for s in left if s in ready]:
@@ -446,11 +236,11 @@ class SupervisedPool:
 
     def _spawn(self, budget: int | None = None) -> None:
         conn, child_conn = _CTX.Pipe(duplex=True)
-        slot = _CTX.RawArray("d", [-1.0, 0.0, _INF, 0.0, 0.0])
+        slot = _CTX.RawArray("d", [-1.0, 0.0, INF, 0.0, 0.0])
         lock = _CTX.Lock()
         foreign = [w.conn for w in self._workers] + [conn]  # the child must not hold these
         proc = _CTX.Process(
-            target=_child_main, name="taskq-pool",
+            target=child_main, name="taskq-pool",
             args=(child_conn, slot, lock, self._runner, self._initializer, self._initargs,
                   self._max_memory, self._grace, os.getpid(), foreign))
         proc.start()
@@ -469,7 +259,7 @@ class SupervisedPool:
         """One wait and everything it brings; True if a child died or also_wait is ready."""
         owners: dict[int, tuple[_Worker, bool]] = {}
         objs: list[Any] = []
-        deadline = steal_at = _INF
+        deadline = steal_at = INF
         for w in self._workers:
             owners[id(w.conn)] = (w, False)
             owners[id(w.sentinel)] = (w, True)
@@ -481,9 +271,9 @@ class SupervisedPool:
             if self._stealable(w):  # when it would count as stuck
                 steal_at = min(steal_at, w.slot[1] + _LONG_JOB)
         objs.extend(also_wait)
-        if steal_at < _INF and self._has_idle():
+        if steal_at < INF and self._has_idle():
             deadline = min(deadline, steal_at)
-        if deadline < _INF:
+        if deadline < INF:
             until = max(0.0, deadline - time.monotonic())
             timeout = until if timeout is None else min(timeout, until)
         if not objs and timeout is None:
@@ -505,7 +295,7 @@ class SupervisedPool:
         now = time.monotonic()
         for w in list(self._workers):
             if w.wake <= now:
-                w.wake = _INF
+                w.wake = INF
             if w.slot[2] <= now and int(w.slot[0]) in w.held:
                 w.proc.kill()
                 self._death(w, timed_out=True)
@@ -526,18 +316,18 @@ class SupervisedPool:
     def _on_message(self, w: _Worker, data: bytes) -> None:
         msg = pickle.loads(data)
         kind = msg[0]
-        if kind == _RES:
+        if kind == RES:
             self._on_results(w, *msg[1:])
-        elif kind == _ARM:
+        elif kind == ARM:
             w.wake = min(w.wake, msg[1])
-        elif kind == _OVER:  # over its memory limit, waiting for a verdict
+        elif kind == OVER:  # over its memory limit, waiting for a verdict
             w.over = True
             w.retiring = not self._recycling(but=w)
-            self._send(w, _EXIT if w.retiring else _GO_ON)
-        elif kind == _READY:
+            self._send(w, EXIT if w.retiring else GO_ON)
+        elif kind == READY:
             w.ready = True
             self._init_streak = 0
-        elif kind == _INIT_FAIL:
+        elif kind == INIT_FAIL:
             w.init_failed = True
             self._init_failure("{}: {}".format(*msg[1]))
 
@@ -548,7 +338,7 @@ class SupervisedPool:
                                 + " ".join(text.split()))
 
     def _on_results(self, w: _Worker, reads: int, seqs: list[int], durs: list[float],
-                    errs: list[tuple[int, ErrorTuple]], blob: bytes) -> None:
+                    errs: list[tuple[int, ErrorTriple]], blob: bytes) -> None:
         while w.reads < reads and w.sent:
             w.unread -= w.sent.popleft()
             w.reads += 1
@@ -557,7 +347,7 @@ class SupervisedPool:
             vals = pickle.loads(blob)
         except Exception as exc:
             vals = [None] * n
-            bad = _error_tuple(exc)
+            bad = describe_exception(exc)
             errs = [(i, bad) for i in range(n)]
         mean = sum(durs) / n
         ema = self._ema = mean if self._ema is None else self._ema + (1 - 0.9**n) * (
@@ -634,7 +424,7 @@ class SupervisedPool:
         for w in self._workers:
             if (w.tasks_left == 0 and not w.held) or w.over:
                 w.retiring = True
-                self._send(w, _EXIT)
+                self._send(w, EXIT)
                 return
 
     def _recycling(self, but: _Worker | None = None) -> bool:
@@ -705,19 +495,19 @@ class SupervisedPool:
         """Pickle a chunk; unpicklable payloads fail here as their job's error."""
         seq = self._seq
         try:
-            return pickle.dumps([(seq + i, j.payload) for i, j in enumerate(jobs)], _P)
+            return pickle.dumps([(seq + i, j.payload) for i, j in enumerate(jobs)], P)
         except Exception:
             pass
         good = []
         for j in jobs:
             try:
-                pickle.dumps(j.payload, _P)
+                pickle.dumps(j.payload, P)
             except Exception as exc:
-                self._done.append(Done(j.key, None, ErrorInfo(*_error_tuple(exc), "exception"),
+                self._done.append(Done(j.key, None, ErrorInfo(*describe_exception(exc), "exception"),
                                        0.0))
             else:
                 good.append(j)
         jobs[:] = good
         if not good:
             return None
-        return pickle.dumps([(seq + i, j.payload) for i, j in enumerate(good)], _P)
+        return pickle.dumps([(seq + i, j.payload) for i, j in enumerate(good)], P)

@@ -29,16 +29,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from importlib import resources
 from typing import Any, cast
 
 import redis
 from redis.commands.core import Script
 
-from taskq.broker import connect
+from taskq import registry
+from taskq.broker import SHARED_PREFIX, connect, load_script
 from taskq.errors import TaskqError
 
-PREFIX = "taskq:{shared}:"
+PREFIX = SHARED_PREFIX
 LEASE = 10.0  # seconds a lease lives without renewal
 _POLL = 0.25  # a waiter re-checks (and proves it is alive) this often
 _STALE = 3.0  # a waiter silent this long is skipped
@@ -88,8 +88,7 @@ def _client(url: str) -> redis.Redis:
 
 
 def _script(url: str, name: str) -> Script:
-    source = resources.files("taskq").joinpath(f"lua/{name}.lua").read_text()
-    return _client(url).register_script(source)
+    return load_script(_client(url), __package__ or "taskq.compat", name)
 
 
 def _held() -> list[_Lease]:
@@ -312,10 +311,11 @@ def release_all() -> None:
 
 
 atexit.register(release_all)
+registry.after_each_task(release_all)  # a task that exits holding a lease hands it back
 
 
 def _default_url() -> str:
-    from taskq.process import default_backend
+    from taskq.compat.process import default_backend
 
     return default_backend().client.url
 

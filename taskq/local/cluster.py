@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from taskq.config import DEFAULT_QUEUE
-from taskq.embedded import EmbeddedRedis
 from taskq.errors import ConfigError
+from taskq.local.embedded import EmbeddedRedis
 
 _libc: ctypes.CDLL | None = None
 if sys.platform.startswith("linux"):

@@ -1,4 +1,4 @@
-"""The worker node: claim → dispatch → report, with leases, reclaim and graceful shutdown.
+"""The node loop: claim → dispatch → report, with leases, reclaim, drain and outages.
 
 The node parent is one thread running one event loop and never runs user code. It
 keeps one blocking ``XREADGROUP`` outstanding on a dedicated connection while it waits
@@ -26,18 +26,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.connection import Connection
-from redis.retry import Retry
 
-from taskq import execute, registry
-from taskq.broker import GROUP, NODES_KEY, Broker, Entry, Report, connect, node_key
+from taskq import registry
+from taskq.broker import REDIS_DOWN, Broker, Claim, connect, heartbeat, remove_node
 from taskq.config import Settings
 from taskq.errors import BrokerError
-from taskq.message import encode_error, routing_of
-from taskq.pool import Done, Job, SupervisedPool
+from taskq.message import Entry, Report, dead_letter
+from taskq.node import runner
+from taskq.node.pool import Done, Job, SupervisedPool
 
-log = logging.getLogger("taskq.worker")
+log = logging.getLogger("taskq.node")
 
 CLAIM_BLOCK = 2.0
 """Seconds one blocking claim waits; the claim socket's timeout is well above it."""
@@ -47,7 +45,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.1, 1.0
 SUSPECT_DELIVERIES = 3
 """A reclaimed entry delivered this often already lost two nodes: it may be poison, so a
 node holds at most one such suspect at a time and reclaims nothing else meanwhile."""
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, BrokerError)
+_REDIS_DOWN = (*REDIS_DOWN, BrokerError)
 _REDIS_UNWELL = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
                  redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 """Error replies of a server that cannot serve us right now: back off as if it were down
@@ -75,18 +73,16 @@ class Node:
         timeout = max(10.0, CLAIM_BLOCK + 5.0)
         # No client-side retries: a retrying command would stall the loop for seconds
         # while Redis is away; the loop backs off and reconnects by itself (_redis_down).
-        self.client = connect(settings.url, socket_timeout=timeout, socket_connect_timeout=5.0,
-                              retry=Retry(NoBackoff(), 0))
-        self._claim_pool = redis.ConnectionPool.from_url(
-            settings.url, socket_timeout=timeout, socket_connect_timeout=5.0,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self.client = connect(settings.url, retries=False, socket_timeout=timeout,
+                              socket_connect_timeout=5.0)
         registry.import_task_modules(imports)  # retry policies for tasks whose process died
         self.brokers = [Broker(self.client, q) for q in settings.queues]
+        self.claim = Claim(settings.url, [b.keys.stream for b in self.brokers], self.node_id,
+                           socket_timeout=timeout)
         self.pool = SupervisedPool(
             settings.procs,
-            execute.run_entry,
-            initializer=execute.init_child,
+            runner.run_entry,
+            initializer=runner.init_child,
             initargs=(tuple(imports), init, tuple(init_args), settings.secret),
             max_tasks_per_child=settings.max_tasks_per_child,
             max_memory_per_child=settings.max_memory_per_child,
@@ -94,10 +90,9 @@ class Node:
         )
         self.held: dict[JobKey, Entry] = {}
         self._suspects: set[JobKey] = set()
-        self.unreported: list[tuple[int, Report]] = []
+        self.unreported: list[tuple[int, bytes, Report]] = []  # (queue index, entry id, report)
         self.stopping = 0  # 0 running, 1 draining (graceful), 2 leave now
         self.processed = self.failed = 0
-        self._claim_conn: Connection | None = None
         self._claim_empty = False
         self._down_until = 0.0
         self._backoff = BACKOFF_MIN
@@ -139,9 +134,8 @@ class Node:
             for s, handler in old.items():
                 signal.signal(s, handler)
             self.pool.terminate()
-            self._drop_claim()
-            self._claim_pool.disconnect()
-            self._remove_heartbeat()
+            self.claim.close()
+            remove_node(self.client, self.node_id)
         return 0
 
     def _setup(self) -> None:
@@ -162,7 +156,7 @@ class Node:
 
     def _nothing_delayed(self) -> bool:
         try:
-            return all(self.client.zcard(b.keys.delayed) == 0 for b in self.brokers)
+            return all(b.delayed_count() == 0 for b in self.brokers)
         except _REDIS_DOWN:
             return False
 
@@ -176,14 +170,15 @@ class Node:
         if now >= self._down_until:
             self._guarded(self._talk, now)
         waitables: list[Any] = [self._wake_r]
-        if self._claim_conn is not None:
-            waitables.append(self._claim_conn._sock)
+        claim_socket = self.claim.waitable()
+        if claim_socket is not None:
+            waitables.append(claim_socket)
         done = self.pool.poll(self._wait_time(), also_wait=waitables)
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 512)
         if done:
             self._finish(done)
-        if self._claim_conn is not None:
+        if self.claim.outstanding:
             self._guarded(self._poll_claim)
 
     def _talk(self, now: float) -> None:
@@ -198,9 +193,11 @@ class Node:
         self._backoff = BACKOFF_MIN
 
     def _poll_claim(self) -> None:
-        conn = self._claim_conn
-        if conn is not None and conn.can_read(timeout=0):  # raises too if the server hung up
-            self._read_claim()
+        if self.claim.ready():  # raises too if the server hung up
+            got = self.claim.read()
+            self._claim_empty = not got
+            for qi, entries in got.items():
+                self._accept(qi, entries)
 
     def _guarded(self, fn: Any, *args: Any) -> None:
         """Run one exchange with Redis; an outage backs off, a vanished stream is recreated."""
@@ -211,7 +208,7 @@ class Node:
         except redis.ResponseError as exc:
             text = str(exc)
             if "NOGROUP" in text:  # the stream vanished (Redis restarted empty): recreate it
-                self._drop_claim()
+                self.claim.drop()
                 self._guarded(self._setup)
             elif isinstance(exc, _REDIS_UNWELL) or any(
                     code in text for code in ("MISCONF", "READONLY", "OOM", "TRYAGAIN")):
@@ -226,7 +223,7 @@ class Node:
         next_due = min(self._due.values())
         if self.unreported:
             next_due = min(next_due, now + 0.05)
-        if self.burst and self._claim_conn is None:
+        if self.burst and not self.claim.outstanding:
             next_due = min(next_due, now + 0.05)
         if self.stopping:
             next_due = min(next_due, self._drain_deadline)
@@ -234,7 +231,7 @@ class Node:
 
     def _redis_down(self, exc: Exception) -> None:
         log.warning("Redis unavailable (%s); retrying in %.1f s", exc, self._backoff)
-        self._drop_claim()
+        self.claim.drop()
         self._down_until = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
         self._due["renew"] = 0.0  # first thing once it is back: keep what we hold
@@ -245,43 +242,11 @@ class Node:
         return self.pool.idle_capacity + self.settings.procs - self.pool.queued
 
     def _maybe_claim(self) -> None:
-        if self.stopping or self._claim_conn is not None:
+        if self.stopping or self.claim.outstanding:
             return
         count = min(self._room(), self.settings.batch)
-        if count <= 0:
-            return
-        conn = self._claim_pool.get_connection()
-        args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.node_id, "COUNT", count]
-        if not self.burst:
-            args += ["BLOCK", int(CLAIM_BLOCK * 1000)]
-        args += ["STREAMS", *(b.keys.stream for b in self.brokers), *(">" for _ in self.brokers)]
-        self._claim_conn = conn
-        conn.send_command(*args)  # type: ignore[no-untyped-call]
-
-    def _read_claim(self) -> None:
-        conn = self._claim_conn
-        assert conn is not None
-        try:
-            reply = conn.read_response()
-        except BaseException:
-            self._drop_claim()
-            raise
-        self._claim_conn = None
-        self._claim_pool.release(conn)
-        self._claim_empty = not reply
-        streams = {b.keys.stream.encode(): i for i, b in enumerate(self.brokers)}
-        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries].
-        for stream, rows in reply.items() if isinstance(reply, dict) else reply or ():
-            qi = streams[stream]
-            self._accept(qi, [Entry.from_fields(eid, fields) for eid, fields in rows if fields])
-
-    def _drop_claim(self) -> None:
-        """Abandon an outstanding claim; anything it delivered stays pending under this
-        node and is handed back or reclaimed, never lost."""
-        conn, self._claim_conn = self._claim_conn, None
-        if conn is not None:
-            conn.disconnect()  # type: ignore[no-untyped-call]
-            self._claim_pool.release(conn)
+        if count > 0:
+            self.claim.send(count, None if self.burst else CLAIM_BLOCK)
 
     def _accept(self, qi: int, entries: Sequence[Entry]) -> None:
         jobs = []
@@ -295,7 +260,7 @@ class Node:
                 reason = f"message of {len(entry.body)} bytes exceeds the {limit}-byte limit"
                 self._report_dead(qi, entry, reason)
             else:
-                jobs.append(Job(key, (entry.body, entry.signature, entry.attempt)))
+                jobs.append(Job(key, entry))
         if jobs:
             self.pool.submit(jobs)
 
@@ -311,41 +276,34 @@ class Node:
                 self._suspects.discard(d.key)
                 self._due["reclaim"] = 0.0
             if d.error is None:
-                kind, routing, outcome, x1, x2 = d.value
+                report: Report = d.value
             else:  # its process died, or was killed at the hard time limit
                 error = (d.error.type_name, d.error.message, d.error.traceback)
-                kind, routing, outcome, x1, x2 = execute.run_lost(
-                    (entry.body, entry.signature, entry.attempt), error, self.settings.secret)
-            report = Report(entry_id, kind, routing, outcome, x1, x2)
+                report = runner.run_lost(entry, error, self.settings.secret)
             self.processed += 1
             self.failed += report.kind != "ok"
-            self.unreported.append((qi, report))
+            self.unreported.append((qi, entry_id, report))
         if time.monotonic() >= self._down_until:
             self._guarded(self._flush_reports)
 
     def _report_dead(self, qi: int, entry: Entry, reason: str) -> None:
         self.held.pop((qi, entry.entry_id), None)
-        routing = routing_of(entry.body)
-        outcome = encode_error(routing.task_id if routing else "?",
-                               ("DeadLetteredError", f"dead-lettered: {reason}", ""))
-        self.unreported.append(
-            (qi, Report(entry.entry_id, "dead", routing, outcome, entry.packed(), reason.encode()))
-        )
+        self.unreported.append((qi, entry.entry_id, dead_letter(entry, reason)))
         log.warning("dead-lettered entry %s: %s", entry.entry_id.decode(), reason)
 
     def _flush_reports(self) -> None:
         """One completion call per queue for everything finished; kept on failure."""
         if not self.unreported:
             return
-        by_queue: dict[int, list[Report]] = {}
-        for qi, report in self.unreported:
-            by_queue.setdefault(qi, []).append(report)
+        by_queue: dict[int, list[tuple[bytes, Report]]] = {}
+        for qi, entry_id, report in self.unreported:
+            by_queue.setdefault(qi, []).append((entry_id, report))
         for qi, reports in by_queue.items():
             _, suppressed = self.brokers[qi].complete(self.node_id, reports, self.settings.result_ttl)
             if suppressed:
                 log.warning("%d late report(s) suppressed: their lease had passed to another node",
                             suppressed)
-            self.unreported = [(q, r) for q, r in self.unreported if q != qi]
+            self.unreported = [u for u in self.unreported if u[0] != qi]
 
     # -- periodic work ----------------------------------------------------------------
 
@@ -373,8 +331,8 @@ class Node:
         ids: list[list[bytes]] = [[] for _ in self.brokers]
         for qi, entry_id in self.held:
             ids[qi].append(entry_id)
-        for qi, report in self.unreported:
-            ids[qi].append(report.entry_id)
+        for qi, entry_id, _ in self.unreported:
+            ids[qi].append(entry_id)
         for broker, entry_ids in zip(self.brokers, ids, strict=True):
             broker.renew(self.node_id, entry_ids)
 
@@ -407,29 +365,18 @@ class Node:
         return more and self._room() > 0  # never hoard more than the pool can start
 
     def _heartbeat(self) -> None:
-        now_ms = int(time.time() * 1000)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(NODES_KEY, {self.node_id: now_ms})
-        pipe.hset(node_key(self.node_id), mapping={
-            "id": self.node_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "procs": self.settings.procs, "queues": ",".join(self.settings.queues),
-            "processed": self.processed, "failed": self.failed, "in_flight": len(self.held),
-            "seen": now_ms,
-        })
-        pipe.expire(node_key(self.node_id), int(HEARTBEAT_EVERY * 6))
-        pipe.execute()
-
-    def _remove_heartbeat(self) -> None:
-        with contextlib.suppress(redis.RedisError):
-            self.client.zrem(NODES_KEY, self.node_id)
-            self.client.delete(node_key(self.node_id))
+        heartbeat(self.client, self.node_id, {
+            "host": socket.gethostname(), "pid": os.getpid(), "procs": self.settings.procs,
+            "queues": ",".join(self.settings.queues), "processed": self.processed,
+            "failed": self.failed, "in_flight": len(self.held),
+        }, ttl=HEARTBEAT_EVERY * 6)
 
     # -- shutdown ---------------------------------------------------------------------
 
     def _shutdown(self) -> None:
         """Leave: report what finished, hand back everything still held (in a forced
         stop or after the shutdown timeout, that includes tasks that were running)."""
-        self._drop_claim()
+        self.claim.drop()
         if self.held:
             self.pool.terminate()
         self._try(self._flush_reports)
@@ -439,7 +386,7 @@ class Node:
 
     def _begin_drain(self) -> None:
         """First signal: stop claiming and hand back the tasks no process has started."""
-        self._drop_claim()
+        self.claim.drop()
         self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
         unstarted = [job.key for job in self.pool.withdraw_queued()]
         self._try(lambda: self._hand_back(unstarted))
@@ -457,11 +404,7 @@ class Node:
     def _hand_back_unheld(self) -> None:
         """Entries a dropped claim delivered to us but we never saw: give them back."""
         for qi, broker in enumerate(self.brokers):
-            pending: Any = self.client.xpending_range(
-                broker.keys.stream, GROUP, min="-", max="+", count=100_000,
-                consumername=self.node_id,
-            )
-            ids = [p["message_id"] for p in pending if (qi, p["message_id"]) not in self.held]
+            ids = [i for i in broker.pending_ids(self.node_id) if (qi, i) not in self.held]
             broker.hand_back(self.node_id, ids)
 
     def _try(self, fn: Any) -> None:

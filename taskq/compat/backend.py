@@ -1,11 +1,6 @@
-"""``taskq.Executor``: a ``concurrent.futures.Executor`` whose processes are worker nodes.
+"""What every stdlib look-alike stands on: :class:`Backend` and chunk sizing.
 
-With no URL (argument or ``TASKQ_URL``) it starts a :class:`~taskq.local.LocalCluster`
-(an embedded Redis and a local node with ``max_workers`` processes) and stops it on
-shutdown, so ``ProcessPoolExecutor`` programs run unchanged anywhere; with a URL the
-work goes to the worker nodes serving ``queue``.
-
-:class:`Backend` is what the Executor and :class:`taskq.Pool` share: a Client, maybe a
+:class:`Backend` is what the Executor, :class:`taskq.Pool` and Process/Value share: a Client, maybe a
 local cluster, the pickling context (namespace and initializer on the workers), the set
 of outstanding futures, and chunk sizing. Registered ``@task`` functions with plain-JSON
 arguments travel by name; everything else travels pickled in signed payloads.
@@ -13,23 +8,21 @@ arguments travel by name; everything else travels pickled in signed payloads.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures as cf
 from concurrent.futures import Future
 from typing import Any
 
-from taskq import pickled, registry
-from taskq.broker import live_nodes
-from taskq.client import Client, _json_faithful
-from taskq.config import DEFAULT_QUEUE
+from taskq import registry, signed
+from taskq.broker import procs_serving
+from taskq.client.client import Client, _json_faithful
 from taskq.errors import TaskqError, WorkerLostError, task_error
-from taskq.local import LocalCluster
+from taskq.local.cluster import LocalCluster
 
 _MAX_CHUNK_BYTES = 8 * 1024 * 1024  # pickled data per message: well under the node's limit
 _TARGET_CHUNK_SECONDS = 0.05  # work per auto-sized chunk once task time is known
@@ -109,7 +102,7 @@ class Backend:
             if self.cluster is not None:
                 self.cluster.stop()
             raise
-        self.context = pickled.Context(f"{kind}-{self.client.client_id}", initializer, initargs,
+        self.context = signed.Context(f"{kind}-{self.client.client_id}", initializer, initargs,
                                        None if self.cluster is not None else max_tasks)
         self.procs = self.cluster.procs if self.cluster is not None else (procs or self._remote_procs())
         self._chunkers: dict[int, tuple[Any, AutoChunker]] = {}
@@ -119,11 +112,9 @@ class Backend:
 
     def _remote_procs(self) -> int:
         try:
-            nodes = live_nodes(self.client.redis)
+            total = procs_serving(self.client.redis, self.client.queue)
         except Exception:
-            nodes = []
-        total = sum(int(n.get("procs", 0)) for n in nodes
-                    if self.client.queue in n.get("queues", "").split(","))
+            total = 0
         return total or os.cpu_count() or 1
 
     # -- sending --------------------------------------------------------------------------
@@ -148,7 +139,7 @@ class Backend:
                 msg = self.client._message(fn, args, kwargs, keep_result=False)
             else:
                 assert not isinstance(fn, str)
-                msg = self.client.pickled_message(fn, pickled.CALL, (tuple(args), kwargs),
+                msg = self.client.pickled_message(fn, signed.CALL, (tuple(args), kwargs),
                                                   context=self.context, keep_result=False)
         except TaskqError:
             raise
@@ -171,7 +162,7 @@ class Backend:
                 msg = self.client._message(fn, calls, None, chunk=True, keep_result=False)
             else:
                 assert not isinstance(fn, str)
-                mode = pickled.STARMAP if star else pickled.MAP
+                mode = signed.STARMAP if star else signed.MAP
                 msg = self.client.pickled_message(fn, mode, items, context=self.context,
                                                   keep_result=False)
                 if len(msg.payload or b"") > _MAX_CHUNK_BYTES and len(items) > 1:
@@ -263,7 +254,7 @@ def _failed(exc: BaseException) -> Future[Any]:
 
 def chunk_items(result: Any) -> Iterator[tuple[bool, Any]]:
     """A chunk Future's result (pickled ChunkResult or JSON pairs) as (ok, value or exception)."""
-    if isinstance(result, pickled.ChunkResult):
+    if isinstance(result, signed.ChunkResult):
         if not result.errors:
             for v in result.values:
                 yield True, v
@@ -276,98 +267,8 @@ def chunk_items(result: Any) -> Iterator[tuple[bool, Any]]:
 
 def chunk_values(result: Any) -> list[Any] | None:
     """The values of an error-free pickled chunk (fast path), else None."""
-    if isinstance(result, pickled.ChunkResult) and not result.errors:
+    if isinstance(result, signed.ChunkResult) and not result.errors:
         return result.values
     return None
 
 
-class Executor(cf.Executor):
-    """``ProcessPoolExecutor`` over taskq: ``submit``, ``map``, ``shutdown``.
-
-    ``url`` may also be given as the first argument's integer ``max_workers`` (so
-    ``ProcessPoolExecutor(4)`` ports unchanged). ``max_workers`` is the local node's
-    process count (local mode) or a chunk-sizing hint (remote mode).
-    """
-
-    def __init__(
-        self, url: str | int | None = None, *, max_workers: int | None = None,
-        queue: str = DEFAULT_QUEUE, initializer: Callable[..., object] | None = None,
-        initargs: Sequence[Any] = (), max_tasks_per_child: int | None = None,
-        secret: bytes | str | None = None, mp_context: object = None,
-    ) -> None:
-        if isinstance(url, int):
-            url, max_workers = None, url
-        if max_workers is not None and max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        self._backend = Backend(url, queue=queue, procs=max_workers, secret=secret,
-                                initializer=initializer, initargs=initargs,
-                                max_tasks=max_tasks_per_child, kind="executor")
-        self._shutdown = False
-        self._shutdown_lock = threading.Lock()
-        atexit.register(self._at_exit)
-
-    @property
-    def client(self) -> Client:
-        return self._backend.client
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        with self._shutdown_lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            return self._backend.call(fn, args, kwargs)
-
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: ChunkSize = 1) -> Iterator[Any]:
-        """Every call is sent now (in chunks of ``chunksize``, or ``"auto"``); results are
-        yielded in order. ``timeout`` counts from this call, as in the stdlib."""
-        end = None if timeout is None else time.monotonic() + timeout
-        star = len(iterables) != 1
-        items = list(zip(*iterables)) if star else list(iterables[0])  # noqa: B905
-        size = self._backend.chunksize(fn, chunksize, len(items))
-        with self._shutdown_lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            sent = [f for _, f in self._backend.chunks(fn, items, star, size)]
-        return _ordered(sent, end)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        atexit.unregister(self._at_exit)
-        with self._shutdown_lock:
-            self._shutdown = True
-        if cancel_futures:
-            for fut in self._backend.outstanding():
-                fut.cancel()
-        if wait:
-            self._backend.wait_all()
-            self._backend.close()
-        else:
-            threading.Thread(target=self._close_later, name="taskq-executor-shutdown",
-                             daemon=True).start()
-
-    def _close_later(self) -> None:
-        self._backend.wait_all()
-        self._backend.close()
-
-    def _at_exit(self) -> None:  # like the stdlib: pending work finishes before exit
-        self.shutdown(wait=True)
-
-
-def _ordered(sent: list[Future[Any]], end: float | None) -> Iterator[Any]:
-    """Values of the chunk Futures in order; remaining Futures are cancelled on exit."""
-    sent.reverse()
-    try:
-        while sent:
-            left = None if end is None else end - time.monotonic()
-            result = sent[-1].result(left)
-            sent.pop()
-            values = chunk_values(result)
-            if values is not None:
-                yield from values
-                continue
-            for ok, value in chunk_items(result):
-                if not ok:
-                    raise value
-                yield value
-    finally:
-        for fut in sent:
-            fut.cancel()

@@ -1,17 +1,16 @@
-"""The producer API: submit tasks, get ``concurrent.futures.Future`` results back.
+"""The producer core: :class:`Client` (submit tasks, get ``concurrent.futures.Future``
+results back) and :class:`Batch`.
 
-Results arrive by push, not polling: every client has a reply inbox (a Redis list) that
-the completion script pushes outcomes to, and one listener thread blocks on it
-(``BLPOP``) and resolves futures. Enqueueing many tasks is one pipelined round trip.
+Results arrive by push (see :mod:`taskq.client.replies`); one-by-one submits are
+group-committed (:mod:`taskq.client.sender`); enqueueing many tasks is one pipelined
+round trip.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,20 +18,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-import redis
-
 from taskq import registry
-from taskq.broker import Broker, connect, unreachable
+from taskq.broker import REDIS_DOWN, Broker, connect, unreachable
+from taskq.client.replies import Replies
+from taskq.client.sender import Sender
 from taskq.config import Settings
 from taskq.errors import BrokerError, SignatureError, TaskError, task_error
 from taskq.message import Outcome, TaskMessage, decode_outcome, sign
-from taskq.sender import Sender
 
 log = logging.getLogger("taskq.client")
 
 TaskRef = Callable[..., Any] | str
-_STOP = b"stop"
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,6 @@ class Batch:
     ) -> BatchStatus:
         """Block until the batch is complete; ``progress`` is called as counts move."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        events = self.client.broker.keys.batch_events(self.id)
         while True:
             status = self.status()
             if progress is not None:
@@ -76,8 +71,7 @@ class Batch:
             left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if left <= 0:
                 raise TimeoutError(f"batch {self.id}: {status.finished}/{status.total} finished")
-            # Rotating the one-element events list leaves it for other waiters.
-            self.client.redis.blmove(events, events, max(left, 0.01), "RIGHT", "LEFT")  # type: ignore[arg-type]
+            self.client.broker.wait_batch_event(self.id, left)
 
 
 class Client:
@@ -103,15 +97,17 @@ class Client:
         self.broker = Broker(self.redis, self.queue)
         self.client_id = os.urandom(8).hex()
         self._ids = itertools.count()
-        self._futures: dict[str, Future[Any]] = {}
-        self._lock = threading.Lock()
-        self._listener: threading.Thread | None = None
-        self._closed = threading.Event()
+        self._replies = Replies(
+            self.broker, self.client_id,
+            # No hidden client-side retries: the listener must see every lost connection.
+            lambda: connect(self.url, retries=False, socket_connect_timeout=5.0, socket_timeout=10.0),
+            lambda: self.settings.secret)
+        self._closed = False
         self._group_ready = False
         self._sender: Sender[TaskMessage] = Sender(
             self._write, self._write_failed, name=f"taskq-sender-{self.client_id}"
         )
-        self._context: Any = None  # taskq.pickled.Context, made on first use
+        self._context: Any = None  # taskq.signed.Context, made on first use
 
     # -- building and sending messages ------------------------------------------------
 
@@ -137,10 +133,10 @@ class Client:
             # Not a registered task, arguments JSON would change, or a map chunk while a
             # secret is at hand (one pickled payload per chunk is ~20x cheaper per item
             # than JSON envelopes): a signed pickle.
-            from taskq import pickled
+            from taskq import signed
 
             data = [tuple(a) for a in args] if chunk else (tuple(args), kwargs or {})
-            return self.pickled_message(fn, pickled.STARMAP if chunk else pickled.CALL, data,
+            return self.pickled_message(fn, signed.STARMAP if chunk else signed.CALL, data,
                                         task_id=task_id, reply=reply, keep_result=keep_result,
                                         batch=batch, timeout=timeout)
         name = registry.name_of(fn)
@@ -162,23 +158,28 @@ class Client:
     ) -> TaskMessage:
         """A message carrying ``fn`` and ``data`` pickled (see :mod:`taskq.pickled`); it is
         signed when written. Raises if something cannot be pickled or there is no secret."""
-        from taskq import pickled
+        from taskq import signed
 
         if self.settings.secret is None:
             raise SignatureError(
-                f"{pickled.label(fn)[8:]} is not a registered task (or its arguments are not "
+                f"{signed.label(fn)[8:]} is not a registered task (or its arguments are not "
                 "plain JSON): sending it pickled needs the shared secret TASKQ_SECRET, set "
                 "here and on the worker nodes"
             )
         if context is None:
             if self._context is None:
-                self._context = pickled.Context(self.client_id)
+                self._context = signed.Context(self.client_id)
             context = self._context
         return TaskMessage(
-            id=task_id or self._new_id(), task=pickled.label(fn),
+            id=task_id or self._new_id(), task=signed.label(fn),
             payload=context.payload(fn, mode, data), reply_to=self.client_id if reply else None,
             batch=batch, keep_result=keep_result, timeout=timeout,
         )
+
+    def batch_results(self, batch_id: str, total: int) -> list[Outcome | None]:
+        """The stored outcomes of a batch's tasks (``<batch>.<i>``), None where expired."""
+        raws = self.broker.stored_results([f"{batch_id}.{i}" for i in range(total)])
+        return [decode_outcome(r) if r else None for r in raws]
 
     def submit_message(self, msg: TaskMessage) -> Future[Any]:
         """Send a built message (group-committed with other submits); its Future."""
@@ -192,7 +193,7 @@ class Client:
         """XADD every message in one pipelined round trip (a batch hash first)."""
         try:
             self._write(messages, batch)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             raise unreachable(self.url, exc) from None
 
     def _write(
@@ -201,39 +202,27 @@ class Client:
         if not self._group_ready:
             self.broker.ensure_group()
             self._group_ready = True
-        pipe = self.redis.pipeline(transaction=False)
-        if batch is not None:
-            self.broker.create_batch(pipe, batch[0], len(messages), self.settings.result_ttl,
-                                     **batch[1])
         secret = self.settings.secret
+        envelopes = []
         for msg in messages:
             body = msg.encode()
             signed = msg.payload is not None and secret is not None
-            self.broker.enqueue(pipe, body, sign(secret, body) if signed and secret else None)
-        self.broker.count_enqueued(pipe, len(messages))
-        pipe.execute()
+            envelopes.append((body, sign(secret, body) if signed and secret else None))
+        self.broker.enqueue(envelopes, None if batch is None else (
+            batch[0], self.settings.result_ttl, batch[1]))
 
     def _write_failed(self, messages: Sequence[TaskMessage], exc: BaseException) -> None:
         """The sender gave up on these: their futures fail; a lost send is logged."""
         error = BrokerError(f"cannot enqueue on Redis at {self.url}: {exc}")
         for msg in messages:
-            with self._lock:
-                fut = self._futures.pop(msg.id, None)
+            fut = self._replies.forget(msg.id)
             if fut is not None and not fut.done():
                 fut.set_exception(error)
             elif fut is None:
                 log.error("fire-and-forget task %s was not enqueued: %s", msg.id, exc)
 
     def _track(self, messages: Sequence[TaskMessage]) -> list[Future[Any]]:
-        futures: list[Future[Any]] = []
-        with self._lock:
-            for msg in messages:
-                fut: Future[Any] = Future()
-                fut.task_id = msg.id  # type: ignore[attr-defined]
-                self._futures[msg.id] = fut
-                futures.append(fut)
-        self._ensure_listener()
-        return futures
+        return self._replies.track([m.id for m in messages])
 
     def _submit_messages(self, messages: Sequence[TaskMessage],
                          batch: tuple[str, dict[str, str]] | None = None) -> list[Future[Any]]:
@@ -241,9 +230,8 @@ class Client:
         try:
             self._enqueue(messages, batch)
         except BaseException:
-            with self._lock:
-                for msg in messages:
-                    self._futures.pop(msg.id, None)
+            for msg in messages:
+                self._replies.forget(msg.id)
             raise
         return futures
 
@@ -349,15 +337,11 @@ class Client:
 
     def close(self) -> None:
         """Send what is buffered, stop the listener; pending futures stay as they are."""
-        if self._closed.is_set():
+        if self._closed:
             return
+        self._closed = True
         self._sender.close()
-        self._closed.set()
-        listener = self._listener
-        if listener is not None:
-            with contextlib.suppress(redis.RedisError):
-                self.redis.lpush(self.broker.keys.inbox(self.client_id), _STOP)
-            listener.join(timeout=5)
+        self._replies.close()
         self.redis.close()
 
     def __enter__(self) -> Client:
@@ -365,88 +349,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- the reply listener -----------------------------------------------------------
-
-    def _ensure_listener(self) -> None:
-        if self._listener is None:
-            with self._lock:
-                if self._listener is None:
-                    self._listener = threading.Thread(
-                        target=self._listen, name=f"taskq-replies-{self.client_id}", daemon=True
-                    )
-                    self._listener.start()
-
-    def _listen(self) -> None:
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        inbox = self.broker.keys.inbox(self.client_id)
-        # No hidden client-side retries: this loop must see every lost connection.
-        conn = connect(self.url, socket_connect_timeout=5.0, socket_timeout=10.0,
-                       retry=Retry(NoBackoff(), 0))
-        backoff = 0.1
-        missed = False
-        while not self._closed.is_set():
-            try:
-                if missed:
-                    # Replies popped just before the connection dropped (e.g. Redis was
-                    # killed between its AOF fsync and the reply) are gone; the outcomes
-                    # of tasks that keep their result are stored: read those instead.
-                    with self._lock:
-                        waiting = list(self._futures)
-                    for i in range(0, len(waiting), 1000):
-                        ids = waiting[i:i + 1000]
-                        stored: Any = conn.mget([self.broker.keys.result(t) for t in ids])
-                        for raw in stored:
-                            if raw is not None:
-                                self._resolve(raw)
-                    missed = False
-                item = conn.blpop([inbox], timeout=2)
-                blobs: list[bytes] = [item[1]] if item else []  # type: ignore[list-item]
-                while blobs:
-                    # Resolve the first reply before draining more: latency first.
-                    for blob in blobs:
-                        if blob != _STOP:
-                            self._resolve(blob)
-                    blobs = conn.lpop(inbox, 1000) or []  # type: ignore[assignment]
-                backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("reply listener lost Redis (%s); retrying in %.1f s", exc, backoff)
-                missed = True
-                self._closed.wait(backoff)
-                backoff = min(backoff * 2, 1.0)  # reconnect within a second of Redis
-        conn.close()
-
-    def _resolve(self, blob: bytes) -> None:
-        try:
-            objs = orjson.loads(blob)
-            for obj in [objs] if isinstance(objs, dict) else objs:
-                if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-                    raise ValueError("malformed outcome")
-        except Exception:
-            log.warning("ignoring a malformed reply: %r", blob[:200])
-            return
-        for obj in [objs] if isinstance(objs, dict) else objs:
-            with self._lock:
-                fut = self._futures.pop(obj["id"], None)
-            if fut is None or fut.done():
-                continue  # a duplicate outcome, or cancelled meanwhile
-            try:
-                if "x" in obj:  # a pickled result: verified before it is unpickled
-                    from taskq import pickled
-
-                    ok, value = pickled.load_outcome(obj, self.settings.secret)
-                else:
-                    outcome = decode_outcome(obj)
-                    ok = outcome.ok
-                    value = outcome.value if ok else outcome.exception()
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
-            except Exception:  # cancelled between the check and the set
-                pass
 
 
 def _chunk_results(futures: Sequence[Future[Any]], deadline: float | None) -> Iterator[Any]:

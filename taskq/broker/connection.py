@@ -1,0 +1,41 @@
+"""Connections: the one place a Redis URL becomes a client, and an outage a one-line error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from taskq.errors import BrokerError, ConfigError
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+"""What a Redis that went away raises."""
+
+
+def connect(url: str, *, retries: bool = True, **kwargs: Any) -> redis.Redis:
+    """A client for ``url``; an unparseable URL is a :class:`ConfigError`.
+
+    ``retries=False``: no hidden client-side retries, for loops that must see every
+    lost connection and back off by themselves (a retrying command would stall them).
+    """
+    if not retries:
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+    try:
+        return redis.Redis.from_url(url, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from None
+
+
+def connection_pool(url: str, **kwargs: Any) -> redis.ConnectionPool:
+    """A pool of raw connections without client-side retries (for the node's claim)."""
+    try:
+        return redis.ConnectionPool.from_url(url, retry=Retry(NoBackoff(), 0), **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from None
+
+
+def unreachable(url: str, exc: Exception) -> BrokerError:
+    """The one-line error for a Redis that cannot be reached."""
+    return BrokerError(f"cannot reach Redis at {url}: {exc}")

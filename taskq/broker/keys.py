@@ -1,0 +1,74 @@
+"""Every Redis key taskq uses, and nothing else: the one place a key name is spelled.
+
+Per queue ``q`` every key carries the hash tag ``{q}`` (Redis Cluster ready: a queue's
+keys live in one slot, so one script may touch them all).
+
+==============================  ===========================================================
+``taskq:{q}:stream``            the queue (stream, consumer group ``workers``; pending
+                                entries are the in-flight set, their idle time the lease)
+``taskq:{q}:stats``             hash of counters: enqueued, done, failed, retried, dead, …
+``taskq:{q}:delayed``           sorted set of retries waiting out their backoff
+``taskq:{q}:dead``              dead-letter stream (packed entry, reason, error)
+``taskq:{q}:result:<task>``     a task's outcome JSON, with a TTL
+``taskq:{q}:inbox:<client>``    a producer's reply list (JSON arrays of outcomes)
+``taskq:{q}:batch:<id>``        hash: total, done, failed (+ reduce hint for the CLI)
+``taskq:{q}:batch:<id>:events`` list pushed once when a batch is complete
+``taskq:queues``                set of queue names seen (for ``taskq info``)
+``taskq:nodes``                 sorted set node id → last heartbeat (ms)
+``taskq:node:<id>``             hash describing a node, with a TTL
+``taskq:{shared}:…``            taskq.Value / taskq.Lock (see taskq.compat.shared)
+==============================  ===========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "workers"
+"""The one consumer group of every queue stream: its pending list is the in-flight set."""
+QUEUES_KEY = "taskq:queues"
+NODES_KEY = "taskq:nodes"
+SHARED_PREFIX = "taskq:{shared}:"
+
+
+def node_key(node_id: str) -> str:
+    return f"taskq:node:{node_id}"
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """The keys of one queue."""
+
+    queue: str
+
+    @property
+    def prefix(self) -> str:
+        return f"taskq:{{{self.queue}}}:"
+
+    @property
+    def stream(self) -> str:
+        return self.prefix + "stream"
+
+    @property
+    def stats(self) -> str:
+        return self.prefix + "stats"
+
+    @property
+    def delayed(self) -> str:
+        return self.prefix + "delayed"
+
+    @property
+    def dead(self) -> str:
+        return self.prefix + "dead"
+
+    def result(self, task_id: str) -> str:
+        return f"{self.prefix}result:{task_id}"
+
+    def inbox(self, client_id: str) -> str:
+        return f"{self.prefix}inbox:{client_id}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}batch:{batch_id}"
+
+    def batch_events(self, batch_id: str) -> str:
+        return f"{self.prefix}batch:{batch_id}:events"

@@ -1,0 +1,238 @@
+"""One queue's Redis operations: every Redis call a producer or a node makes on a queue.
+
+Each atomic operation is one Lua script beside this module (``lua/*.lua``, each with a
+key-layout header) that receives all its keys in KEYS; everything else is a plain command
+or a pipeline. Nothing here decodes an envelope: entries are bytes in, bytes out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from typing import Any, cast
+
+import redis
+from redis.commands.core import Script
+
+from taskq.broker.keys import GROUP, QUEUES_KEY, QueueKeys
+from taskq.config import validate_queue_name
+from taskq.message import Entry, Report, stream_fields
+
+Signed = tuple[bytes, bytes | None]
+"""An envelope ready to queue: body and its signature (None: unsigned)."""
+
+
+def load_script(client: redis.Redis, package: str, name: str) -> Script:
+    """A Lua script of ``package``'s ``lua/`` folder, registered on ``client``."""
+    source = resources.files(package).joinpath(f"lua/{name}.lua").read_text()
+    return client.register_script(source)
+
+
+class Broker:
+    """One queue's Redis operations, on one client."""
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.client = client
+        self.queue = validate_queue_name(queue)
+        self.keys = QueueKeys(queue)
+        self._complete = load_script(client, __package__, "complete")
+        self._renew = load_script(client, __package__, "renew")
+        self._reclaim = load_script(client, __package__, "reclaim")
+        self._promote = load_script(client, __package__, "promote")
+        self._handback = load_script(client, __package__, "handback")
+
+    # -- setup ----------------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        """Create the stream and its group from id 0, so nothing enqueued earlier is skipped."""
+        try:
+            self.client.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self.client.sadd(QUEUES_KEY, self.queue)
+
+    # -- producer side ----------------------------------------------------------------
+
+    def enqueue(self, envelopes: Sequence[Signed],
+                batch: tuple[str, float, dict[str, str]] | None = None) -> None:
+        """XADD every envelope in one pipelined round trip, counted once; with ``batch``
+        = (id, ttl, extra fields), the batch hash is created first."""
+        pipe = self.client.pipeline(transaction=False)
+        if batch is not None:
+            batch_id, ttl, extra = batch
+            key = self.keys.batch(batch_id)
+            fields: dict[str, str | int] = {"total": len(envelopes), "done": 0, "failed": 0,
+                                            **extra}
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.pexpire(key, int(ttl * 1000))
+        stream = self.keys.stream
+        for body, signature in envelopes:
+            pipe.xadd(stream, stream_fields(body, signature))  # type: ignore[arg-type]
+        pipe.hincrby(self.keys.stats, "enqueued", len(envelopes))
+        pipe.execute()
+
+    def pop_replies(self, conn: redis.Redis, client_id: str, timeout: float) -> list[bytes]:
+        """Block up to ``timeout`` s for the first reply in ``client_id``'s inbox (on
+        ``conn``, the listener's own connection); [] if none came. Callers drain more
+        with :meth:`drain_replies` after handling the first one (latency first)."""
+        item: Any = conn.blpop([self.keys.inbox(client_id)], timeout=timeout)
+        return [item[1]] if item else []
+
+    def drain_replies(self, conn: redis.Redis, client_id: str, most: int = 1000) -> list[bytes]:
+        blobs: Any = conn.lpop(self.keys.inbox(client_id), most)
+        return list(blobs or ())
+
+    def wake_listener(self, client_id: str, token: bytes) -> None:
+        """Push ``token`` into the inbox so a listener blocked on it returns now."""
+        self.client.lpush(self.keys.inbox(client_id), token)
+
+    def stored_results(self, task_ids: Sequence[str],
+                       conn: redis.Redis | None = None) -> list[bytes | None]:
+        """The stored outcomes of ``task_ids`` (None where there is none), in order."""
+        if not task_ids:
+            return []
+        raw: Any = (conn or self.client).mget([self.keys.result(t) for t in task_ids])
+        return cast("list[bytes | None]", list(raw))
+
+    def wait_batch_event(self, batch_id: str, timeout: float) -> None:
+        """Block up to ``timeout`` s for the batch's completion event. Rotating the
+        one-element events list leaves it there for other waiters."""
+        events = self.keys.batch_events(batch_id)
+        self.client.blmove(events, events, max(timeout, 0.01), "RIGHT", "LEFT")  # type: ignore[arg-type]
+
+    # -- node side ------------------------------------------------------------------
+
+    def complete(self, consumer: str, reports: Sequence[tuple[bytes, Report]],
+                 result_ttl: float) -> tuple[int, int]:
+        """Apply many (entry id, report) outcomes atomically; returns (applied, suppressed
+        because this consumer no longer owns the entry)."""
+        keys = self.keys
+        key_list: list[str] = [keys.stream, keys.stats, keys.delayed, keys.dead]
+        index: dict[str, int] = {}
+
+        def key_index(key: str) -> int:
+            i = index.get(key)
+            if i is None:
+                key_list.append(key)
+                i = index[key] = len(key_list)
+            return i
+
+        argv: list[Any] = [GROUP, consumer, int(result_ttl * 1000), int(time.time() * 1000)]
+        for entry_id, r in reports:
+            rk = ik = bk = 0
+            if r.routing is not None and r.kind != "retry":
+                if r.routing.keep_result:
+                    rk = key_index(keys.result(r.routing.task_id))
+                if r.routing.reply_to:
+                    ik = key_index(keys.inbox(r.routing.reply_to))
+                if r.routing.batch:
+                    bk = key_index(keys.batch(r.routing.batch))
+                    key_index(keys.batch_events(r.routing.batch))
+            argv += [entry_id, r.kind, rk, ik, bk, r.outcome, r.packed, r.extra]
+        applied, suppressed = self._complete(keys=key_list, args=argv)
+        return int(applied), int(suppressed)
+
+    def renew(self, consumer: str, entry_ids: Sequence[bytes] | None = None,
+              limit: int = 100_000) -> int:
+        """Reset the lease clock of ``entry_ids`` (None: of all) that ``consumer`` still owns."""
+        if entry_ids is not None and not entry_ids:
+            return 0
+        args: list[Any] = [GROUP, consumer, limit, *(entry_ids or ())]
+        return int(self._renew(keys=[self.keys.stream], args=args))
+
+    def reclaim(self, consumer: str, lease: float, count: int, *, suspects: int | None = None,
+                plain: bool = True, max_deliveries: int = 2**31) -> list[tuple[Entry, int]]:
+        """Entries whose lease expired, now owned by ``consumer``, with delivery counts.
+
+        ``suspects`` caps the entries taken that already lost two nodes (None: no cap);
+        ``plain=False`` takes only those and the ones past ``max_deliveries``."""
+        rows = self._reclaim(
+            keys=[self.keys.stream],
+            args=[GROUP, consumer, int(lease * 1000), count,
+                  count if suspects is None else suspects, int(plain), max_deliveries],
+        )
+        return [(Entry.from_fields(row[0], row[2]), int(row[1])) for row in rows]
+
+    def promote(self, limit: int = 1000) -> int:
+        """Move due retries from the delayed set back into the stream."""
+        now_ms = int(time.time() * 1000)
+        return int(self._promote(keys=[self.keys.delayed, self.keys.stream], args=[now_ms, limit]))
+
+    def hand_back(self, consumer: str, entry_ids: Iterable[bytes]) -> int:
+        """Give entries ``consumer`` owns back to the queue at once (not after a lease)."""
+        ids = list(entry_ids)
+        if not ids:
+            return 0
+        return int(self._handback(keys=[self.keys.stream], args=[GROUP, consumer, *ids]))
+
+    def pending_ids(self, consumer: str, most: int = 100_000) -> list[bytes]:
+        """Ids of the entries pending under ``consumer`` (delivered, not yet acked)."""
+        pending: Any = self.client.xpending_range(
+            self.keys.stream, GROUP, min="-", max="+", count=most, consumername=consumer)
+        return [p["message_id"] for p in pending]
+
+    def delayed_count(self) -> int:
+        n: Any = self.client.zcard(self.keys.delayed)
+        return int(n)
+
+    # -- inspection and management ------------------------------------------------------
+
+    def result(self, task_id: str) -> bytes | None:
+        raw: Any = self.client.get(self.keys.result(task_id))
+        return cast("bytes | None", raw)
+
+    def batch_status(self, batch_id: str) -> dict[str, str]:
+        raw: Any = self.client.hgetall(self.keys.batch(batch_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def info(self) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(self.keys.stream)
+        pipe.hgetall(self.keys.stats)
+        pipe.zcard(self.keys.delayed)
+        pipe.xlen(self.keys.dead)
+        length, stats, delayed, dead = pipe.execute()
+        try:
+            pending = int(self.client.xpending(self.keys.stream, GROUP)["pending"])
+        except redis.ResponseError:  # no group yet
+            pending = 0
+        counters = {k.decode(): int(v) for k, v in stats.items()}
+        return {
+            "queued": max(0, int(length) - pending),
+            "in_flight": pending,
+            "delayed": int(delayed),
+            "done": counters.get("done", 0),
+            "failed": counters.get("failed", 0),
+            "retried": counters.get("retried", 0),
+            "dead": int(dead),
+            "enqueued": counters.get("enqueued", 0),
+            "suppressed": counters.get("suppressed", 0),
+        }
+
+    def dead_entries(self, count: int = 100) -> list[tuple[str, dict[bytes, bytes]]]:
+        rows: Any = self.client.xrange(self.keys.dead, count=count)
+        return [(eid.decode(), dict(fields)) for eid, fields in rows]
+
+    def dead_retry(self, dead_ids: Sequence[str] | None) -> int:
+        """Re-enqueue dead-lettered tasks (all when ``dead_ids`` is None) as attempt 1."""
+        rows: Any = (
+            self.client.xrange(self.keys.dead)
+            if dead_ids is None
+            else [r for i in dead_ids for r in self.client.xrange(self.keys.dead, i, i) or ()]
+        )
+        if not rows:
+            return 0
+        pipe = self.client.pipeline(transaction=True)
+        for dead_id, fields in rows:
+            entry = Entry.unpack(fields[b"packed"])
+            pipe.xadd(self.keys.stream, stream_fields(entry.body, entry.signature))  # type: ignore[arg-type]
+            pipe.xdel(self.keys.dead, dead_id)
+        pipe.execute()
+        return len(rows)
+
+    def dead_purge(self) -> int:
+        n = int(self.client.xlen(self.keys.dead))
+        self.client.delete(self.keys.dead)
+        return n

@@ -1,0 +1,149 @@
+"""The reply listener and its future table.
+
+Every client has a reply inbox (a Redis list) that the completion script pushes outcomes
+to; one listener thread per client blocks on it and resolves futures, so results arrive
+by push, never by polling. After a lost connection it reads the stored results of the
+futures still waiting (replies popped just before a drop are gone; stored ones are not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import orjson
+import redis
+
+from taskq.broker import REDIS_DOWN, Broker
+from taskq.message import decode_outcome
+
+log = logging.getLogger("taskq.client")
+
+STOP = b"stop"
+"""Pushed into the inbox by close(): wakes the listener so it can see it should stop."""
+
+
+class Replies:
+    """The futures a client waits for, and the thread that resolves them."""
+
+    def __init__(self, broker: Broker, client_id: str, connect: Callable[[], redis.Redis],
+                 secret: Callable[[], bytes | None]) -> None:
+        self._broker, self._client_id = broker, client_id
+        self._connect, self._secret = connect, secret
+        self._futures: dict[str, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    # -- the future table ---------------------------------------------------------------
+
+    def track(self, task_ids: Sequence[str]) -> list[Future[Any]]:
+        """A new Future for each task id, resolved when its reply arrives."""
+        futures: list[Future[Any]] = []
+        with self._lock:
+            for task_id in task_ids:
+                fut: Future[Any] = Future()
+                fut.task_id = task_id  # type: ignore[attr-defined]
+                self._futures[task_id] = fut
+                futures.append(fut)
+        self._ensure_thread()
+        return futures
+
+    def forget(self, task_id: str) -> Future[Any] | None:
+        """Stop waiting for ``task_id``; its Future (None if there was none)."""
+        with self._lock:
+            return self._futures.pop(task_id, None)
+
+    def waiting(self) -> list[str]:
+        with self._lock:
+            return list(self._futures)
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._listen, name=f"taskq-replies-{self._client_id}", daemon=True)
+                    self._thread.start()
+
+    def close(self) -> None:
+        """Stop the listener; pending futures stay as they are."""
+        self._closed.set()
+        thread = self._thread
+        if thread is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._broker.wake_listener(self._client_id, STOP)
+            thread.join(timeout=5)
+
+    def _listen(self) -> None:
+        conn = self._connect()
+        backoff = 0.1
+        missed = False
+        while not self._closed.is_set():
+            try:
+                if missed:
+                    self._read_stored(conn)
+                    missed = False
+                blobs = self._broker.pop_replies(conn, self._client_id, timeout=2)
+                while blobs:
+                    # Resolve the first reply before draining more: latency first.
+                    for blob in blobs:
+                        if blob != STOP:
+                            self.resolve(blob)
+                    blobs = self._broker.drain_replies(conn, self._client_id)
+                backoff = 0.1
+            except REDIS_DOWN as exc:
+                log.warning("reply listener lost Redis (%s); retrying in %.1f s", exc, backoff)
+                missed = True
+                self._closed.wait(backoff)
+                backoff = min(backoff * 2, 1.0)  # reconnect within a second of Redis
+        conn.close()
+
+    def _read_stored(self, conn: redis.Redis) -> None:
+        """Replies popped just before the connection dropped (e.g. Redis was killed between
+        its AOF fsync and the reply) are gone; the outcomes of tasks that keep their result
+        are stored: read those instead."""
+        waiting = self.waiting()
+        for i in range(0, len(waiting), 1000):
+            for raw in self._broker.stored_results(waiting[i:i + 1000], conn):
+                if raw is not None:
+                    self.resolve(raw)
+
+    # -- resolving ----------------------------------------------------------------------
+
+    def resolve(self, blob: bytes) -> None:
+        """Resolve the futures of one inbox element (a JSON array of outcomes)."""
+        try:
+            objs = orjson.loads(blob)
+            for obj in [objs] if isinstance(objs, dict) else objs:
+                if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+                    raise ValueError("malformed outcome")
+        except Exception:
+            log.warning("ignoring a malformed reply: %r", blob[:200])
+            return
+        for obj in [objs] if isinstance(objs, dict) else objs:
+            fut = self.forget(obj["id"])
+            if fut is None or fut.done():
+                continue  # a duplicate outcome, or cancelled meanwhile
+            try:
+                ok, value = self._decode(obj)
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+            except Exception:  # cancelled between the check and the set
+                pass
+
+    def _decode(self, obj: dict[str, Any]) -> tuple[bool, Any]:
+        if "x" in obj:  # a pickled result: verified before it is unpickled
+            from taskq import signed
+
+            return signed.load_outcome(obj, self._secret())
+        outcome = decode_outcome(obj)
+        return (True, outcome.value) if outcome.ok else (False, outcome.exception())

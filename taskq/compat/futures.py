@@ -1,0 +1,113 @@
+"""``taskq.Executor``: a ``concurrent.futures.Executor`` whose processes are worker nodes.
+
+With no URL (argument or ``TASKQ_URL``) it starts a :class:`~taskq.local.LocalCluster`
+(an embedded Redis and a local node with ``max_workers`` processes) and stops it on
+shutdown, so ``ProcessPoolExecutor`` programs run unchanged anywhere; with a URL the
+work goes to the worker nodes serving ``queue``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures as cf
+from concurrent.futures import Future
+from typing import Any
+
+from taskq.client.client import Client
+from taskq.compat.backend import Backend, ChunkSize, chunk_items, chunk_values
+from taskq.config import DEFAULT_QUEUE
+
+
+class Executor(cf.Executor):
+    """``ProcessPoolExecutor`` over taskq: ``submit``, ``map``, ``shutdown``.
+
+    ``url`` may also be given as the first argument's integer ``max_workers`` (so
+    ``ProcessPoolExecutor(4)`` ports unchanged). ``max_workers`` is the local node's
+    process count (local mode) or a chunk-sizing hint (remote mode).
+    """
+
+    def __init__(
+        self, url: str | int | None = None, *, max_workers: int | None = None,
+        queue: str = DEFAULT_QUEUE, initializer: Callable[..., object] | None = None,
+        initargs: Sequence[Any] = (), max_tasks_per_child: int | None = None,
+        secret: bytes | str | None = None, mp_context: object = None,
+    ) -> None:
+        if isinstance(url, int):
+            url, max_workers = None, url
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._backend = Backend(url, queue=queue, procs=max_workers, secret=secret,
+                                initializer=initializer, initargs=initargs,
+                                max_tasks=max_tasks_per_child, kind="executor")
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+        atexit.register(self._at_exit)
+
+    @property
+    def client(self) -> Client:
+        return self._backend.client
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            return self._backend.call(fn, args, kwargs)
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: ChunkSize = 1) -> Iterator[Any]:
+        """Every call is sent now (in chunks of ``chunksize``, or ``"auto"``); results are
+        yielded in order. ``timeout`` counts from this call, as in the stdlib."""
+        end = None if timeout is None else time.monotonic() + timeout
+        star = len(iterables) != 1
+        items = list(zip(*iterables)) if star else list(iterables[0])  # noqa: B905
+        size = self._backend.chunksize(fn, chunksize, len(items))
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            sent = [f for _, f in self._backend.chunks(fn, items, star, size)]
+        return _ordered(sent, end)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        atexit.unregister(self._at_exit)
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            for fut in self._backend.outstanding():
+                fut.cancel()
+        if wait:
+            self._backend.wait_all()
+            self._backend.close()
+        else:
+            threading.Thread(target=self._close_later, name="taskq-executor-shutdown",
+                             daemon=True).start()
+
+    def _close_later(self) -> None:
+        self._backend.wait_all()
+        self._backend.close()
+
+    def _at_exit(self) -> None:  # like the stdlib: pending work finishes before exit
+        self.shutdown(wait=True)
+
+
+def _ordered(sent: list[Future[Any]], end: float | None) -> Iterator[Any]:
+    """Values of the chunk Futures in order; remaining Futures are cancelled on exit."""
+    sent.reverse()
+    try:
+        while sent:
+            left = None if end is None else end - time.monotonic()
+            result = sent[-1].result(left)
+            sent.pop()
+            values = chunk_values(result)
+            if values is not None:
+                yield from values
+                continue
+            for ok, value in chunk_items(result):
+                if not ok:
+                    raise value
+                yield value
+    finally:
+        for fut in sent:
+            fut.cancel()
