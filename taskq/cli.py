@@ -23,7 +23,7 @@ import redis
 from taskq import registry
 from taskq.broker import Broker, all_queues, connect, live_nodes, unreachable
 from taskq.client import Client
-from taskq.config import Settings
+from taskq.config import DEFAULTS, Settings
 from taskq.errors import BrokerError, ConfigError, TaskError, TaskqError, UnknownTaskError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,13 +86,21 @@ def import_modules(modules: Sequence[str]) -> None:
     registry.import_task_modules(modules)
 
 
+def _default(name: str) -> str:
+    """A Settings default as the help texts quote it: written once, in config.py."""
+    value = getattr(DEFAULTS, name)
+    if isinstance(value, tuple):
+        value = ", ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     return Settings.from_env(url=ctx.obj["url"], **overrides)
 
 
 url_option = click.option(
     "--url", envvar="TASKQ_URL", default=None,
-    help="Redis URL (default redis://localhost:6379/0; env TASKQ_URL).",
+    help=f"Redis URL (default {_default('url')}; env TASKQ_URL).",
 )
 
 
@@ -101,7 +109,7 @@ url_option = click.option(
 @click.version_option(package_name="taskq")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None) -> None:
-    """taskq: CPU tasks over Redis, run by batch-pulling worker nodes."""
+    """taskq: CPU tasks over Redis, claimed in bulk by worker nodes."""
     ctx.ensure_object(dict)
     ctx.obj["url"] = url
 
@@ -168,7 +176,7 @@ def _format(value: Any) -> str:
 @cli.command()
 @click.argument("task")
 @click.argument("args", nargs=-1)
-@click.option("--queue", "-q", default=None, help="Queue to use (default 'default').")
+@click.option("--queue", "-q", default=None, help=f"Queue to use (default {_default('queues')!r}).")
 @click.option("--chunk-size", default=10_000, show_default=True,
               help="Items per task when a range task such as primes is split.")
 @click.option("--no-wait", is_flag=True, help="Print the batch id and return at once.")
@@ -221,8 +229,10 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 @cli.command()
 @click.option("--procs", "-p", type=int, default=None, help="Pool processes (default: CPU count).")
 @click.option("--queue", "-q", "queues", multiple=True,
-              help="Queue to serve (repeatable; default 'default').")
-@click.option("--batch", type=int, default=None, help="Most tasks claimed per Redis call (default 256).")
+              help=f"Queue to serve (repeatable; default {_default('queues')!r}).")
+@click.option("--batch", "claim_size", type=int, default=None,
+              help=f"Claim size: most tasks taken by one claim, one Redis call "
+                   f"(default {_default('claim_size')}; env TASKQ_BATCH).")
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
               help="Module whose @task functions to register (repeatable).")
 @click.option("--init", "init", default=None, metavar="MODULE:FUNC",
@@ -230,21 +240,24 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 @click.option("--init-args", default=None, metavar="JSON", help="JSON array of initializer arguments.")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing is in flight.")
 @click.option("--lease", type=float, default=None,
-              help="Seconds before an unrenewed task is reclaimed (default 30).")
+              help=f"Seconds before an unrenewed task is reclaimed (default {_default('lease')}).")
 @click.option("--max-tasks-per-child", type=int, default=None, help="Replace a process after N tasks.")
 @click.option("--max-memory-per-child", type=float, default=None, metavar="MB",
               help="Replace a process whose resident memory passes MB.")
 @click.option("--shutdown-timeout", type=float, default=None,
-              help="Seconds a graceful stop waits for running tasks (default 30).")
+              help=f"Seconds a graceful stop waits for running tasks "
+                   f"(default {_default('shutdown_timeout')}).")
 @click.option("--max-deliveries", type=int, default=None,
-              help="Dead-letter a task whose node was lost this many times (default 5).")
+              help=f"Dead-letter a task whose node was lost this many times "
+                   f"(default {_default('max_deliveries')}).")
 @click.option("--hard-timeout-grace", type=float, default=None,
-              help="Seconds past a task's timeout before its process is killed (default 5).")
+              help=f"Seconds past a task's time limit before its process is killed "
+                   f"(default {_default('hard_timeout_grace')}).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.pass_context
 @friendly_errors
-def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], batch: int | None,
+def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim_size: int | None,
            imports: tuple[str, ...], init: str | None, init_args: str | None, burst: bool,
            lease: float | None, max_tasks_per_child: int | None,
            max_memory_per_child: float | None, shutdown_timeout: float | None,
@@ -266,7 +279,7 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], batch
     if init:
         registry.resolve_callable(init)  # fail here, in one line, not in every process
     settings = _settings(
-        ctx, procs=procs, queues=queues or None, batch=batch, lease=lease,
+        ctx, procs=procs, queues=queues or None, claim_size=claim_size, lease=lease,
         max_tasks_per_child=max_tasks_per_child, shutdown_timeout=shutdown_timeout,
         max_deliveries=max_deliveries, hard_timeout_grace=hard_timeout_grace,
         max_memory_per_child=int(max_memory_per_child * 1024 * 1024) if max_memory_per_child else None,
@@ -284,7 +297,7 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], batch
 
 @cli.command()
 @click.argument("id")
-@click.option("--queue", "-q", default=None, help="Queue the task ran on (default 'default').")
+@click.option("--queue", "-q", default=None, help=f"Queue the task ran on (default {_default('queues')!r}).")
 @click.pass_context
 @friendly_errors
 def result(ctx: click.Context, id: str, queue: str | None) -> None:

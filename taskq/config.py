@@ -1,8 +1,11 @@
 """Settings shared by the CLI, the worker node and the producer API.
 
-Defaults can be overridden from the environment (``TASKQ_URL``, ``TASKQ_QUEUE``,
-``TASKQ_PROCS``, ``TASKQ_BATCH``, ``TASKQ_LEASE``, ``TASKQ_RESULT_TTL``,
-``TASKQ_SECRET``) and then by explicit arguments or CLI options.
+Every default is written once, as a field of :class:`Settings` (read back through
+:data:`DEFAULTS`, e.g. by the CLI's help texts). The ``TASKQ_*`` environment is read only
+here: :meth:`Settings.from_env` (``TASKQ_URL``, ``TASKQ_QUEUE``, ``TASKQ_PROCS``,
+``TASKQ_BATCH``, ``TASKQ_LEASE``, ``TASKQ_RESULT_TTL``, ``TASKQ_SECRET``) and the small
+readers below (:func:`env_url`, :func:`env_queue`, :func:`env_redis_server`) for the
+modules that need one variable. Explicit arguments and CLI options win over the env.
 Durations are float seconds here; they are converted at the Redis boundary.
 """
 
@@ -11,24 +14,51 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from taskq.errors import ConfigError
 
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "default"
-T = TypeVar("T", int, float)
 
 
-def _env_number(name: str, default: T, cast: Callable[[str], T]) -> T:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+def _env(name: str) -> str | None:
+    """A TASKQ_* variable; unset and empty are the same (``TASKQ_URL= cmd``)."""
+    return os.environ.get(name) or None
+
+
+def _env_number(name: str, cast: Callable[[str], int | float]) -> int | float | None:
+    raw = _env(name)
+    if raw is None:
+        return None
     try:
         return cast(raw)
     except ValueError:
         kind = "whole number" if cast is int else "number"
         raise ConfigError(f"{name}={raw!r} is not a {kind}") from None
+
+
+def env_url() -> str | None:
+    """``TASKQ_URL``, or None: the caller then goes local (or uses its own default)."""
+    return _env("TASKQ_URL")
+
+
+def env_queues() -> tuple[str, ...] | None:
+    """``TASKQ_QUEUE`` as a tuple (comma-separated), or None when unset."""
+    raw = _env("TASKQ_QUEUE")
+    queues = tuple(q for q in raw.split(",") if q) if raw else ()
+    return queues or None
+
+
+def env_queue() -> str:
+    """The one queue of a producer made without one: the first of ``TASKQ_QUEUE``."""
+    queues = env_queues()
+    return queues[0] if queues else DEFAULT_QUEUE
+
+
+def env_redis_server() -> str | None:
+    """``TASKQ_REDIS_SERVER``: the redis-server binary local mode must use, if set."""
+    return _env("TASKQ_REDIS_SERVER")
 
 
 @dataclass(frozen=True)
@@ -38,8 +68,9 @@ class Settings:
     url: str = DEFAULT_URL
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     procs: int = field(default_factory=lambda: os.cpu_count() or 1)
-    batch: int = 256
-    """Most tasks claimed by one Redis call."""
+    """Pool processes of a node (default: the CPU count)."""
+    claim_size: int = 256
+    """Most entries one claim (one XREADGROUP) takes; ``--batch`` / ``TASKQ_BATCH``."""
     lease: float = 30.0
     """Seconds a claimed task stays owned without a renewal before other nodes reclaim it."""
     result_ttl: float = 24 * 3600.0
@@ -52,15 +83,15 @@ class Settings:
     max_memory_per_child: int | None = None
     """Bytes of resident memory after which a pool process is replaced."""
     hard_timeout_grace: float = 5.0
-    """Seconds past a task's soft timeout before its process is killed."""
+    """Seconds past a task's time limit before its process is killed."""
     max_message_bytes: int = 16 * 1024 * 1024
     secret: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.procs < 1:
             raise ConfigError(f"procs must be at least 1, got {self.procs}")
-        if self.batch < 1:
-            raise ConfigError(f"batch must be at least 1, got {self.batch}")
+        if self.claim_size < 1:
+            raise ConfigError(f"the claim size (--batch) must be at least 1, got {self.claim_size}")
         if self.lease < 1:
             raise ConfigError(f"lease must be at least 1 second, got {self.lease}")
         if self.max_deliveries < 1:
@@ -75,20 +106,19 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
-        """Defaults, then ``TASKQ_*`` variables, then the non-None ``overrides``."""
-        secret = os.environ.get("TASKQ_SECRET")
-        queue_env = os.environ.get("TASKQ_QUEUE")
-        base: dict[str, Any] = {
-            "url": os.environ.get("TASKQ_URL") or DEFAULT_URL,
-            "queues": tuple(q for q in queue_env.split(",") if q) if queue_env else (DEFAULT_QUEUE,),
-            "procs": _env_number("TASKQ_PROCS", os.cpu_count() or 1, int),
-            "batch": _env_number("TASKQ_BATCH", 256, int),
-            "lease": _env_number("TASKQ_LEASE", 30.0, float),
-            "result_ttl": _env_number("TASKQ_RESULT_TTL", 24 * 3600.0, float),
+        """The field defaults, then ``TASKQ_*`` variables, then the non-None ``overrides``."""
+        secret = _env("TASKQ_SECRET")
+        found: dict[str, Any] = {
+            "url": env_url(),
+            "queues": env_queues(),
+            "procs": _env_number("TASKQ_PROCS", int),
+            "claim_size": _env_number("TASKQ_BATCH", int),
+            "lease": _env_number("TASKQ_LEASE", float),
+            "result_ttl": _env_number("TASKQ_RESULT_TTL", float),
             "secret": secret.encode() if secret else None,
         }
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        found.update(overrides)
+        return cls(**{k: v for k, v in found.items() if v is not None})
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -109,3 +139,7 @@ def validate_url(url: str) -> str:
             f"invalid Redis URL {url!r}: expected redis://host:port/db, rediss://… or unix://path"
         )
     return url
+
+
+DEFAULTS = Settings()
+"""The defaults, for texts that quote them (``--help``); never read the env."""

@@ -244,7 +244,7 @@ class Node:
     def _maybe_claim(self) -> None:
         if self.stopping or self.claim.outstanding:
             return
-        count = min(self._room(), self.settings.batch)
+        count = min(self._room(), self.settings.claim_size)
         if count > 0:
             self.claim.send(count, None if self.burst else CLAIM_BLOCK)
 
