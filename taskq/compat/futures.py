@@ -8,7 +8,6 @@ work goes to the worker nodes serving ``queue``.
 
 from __future__ import annotations
 
-import atexit
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 from taskq.client.client import Client
 from taskq.compat.backend import Backend, ChunkSize, chunk_items, chunk_values
 from taskq.config import DEFAULT_QUEUE
+from taskq.local import lifetime
 
 
 class Executor(cf.Executor):
@@ -44,7 +44,7 @@ class Executor(cf.Executor):
                                 max_tasks=max_tasks_per_child, kind="executor")
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
-        atexit.register(self._at_exit)
+        lifetime.at_exit(lifetime.Phase.FINISH_WORK, self._at_exit)
 
     @property
     def client(self) -> Client:
@@ -71,7 +71,7 @@ class Executor(cf.Executor):
         return _ordered(sent, end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        atexit.unregister(self._at_exit)
+        lifetime.cancel(self._at_exit)
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:

@@ -4,12 +4,12 @@ multiprocessing`` needs for the classic Process/Value/Lock programs.
 A Process runs its target as one task on a worker node: ``start()`` sends it, ``join()``
 waits for it. Processes, Values and Locks made without a URL share one *default
 backend*: ``TASKQ_URL`` if set, else a local cluster (embedded Redis and a local node
-with one process per CPU) started on first use and stopped at exit.
+with one process per CPU) started on first use and stopped at exit, after the
+non-daemon Processes are joined and the Values written back (:mod:`taskq.local.lifetime`).
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import os
 import signal
@@ -23,8 +23,9 @@ from typing import Any
 
 from taskq.broker import connect, procs_serving
 from taskq.compat.backend import Backend
-from taskq.config import DEFAULT_QUEUE
+from taskq.config import env_queue, env_url
 from taskq.errors import ConfigError
+from taskq.local import lifetime
 from taskq.node.child import in_pool_process
 
 _default: Backend | None = None
@@ -38,30 +39,32 @@ def default_backend() -> Backend:
     global _default
     with _default_lock:
         if _default is None or _default.closed:
-            if in_pool_process() and not os.environ.get("TASKQ_URL"):
+            if in_pool_process() and not env_url():
                 raise ConfigError("inside a task, give taskq.Value/Lock/Process a url= "
                                   "(or set TASKQ_URL on the worker nodes)")
-            _default = Backend(None, queue=os.environ.get("TASKQ_QUEUE") or DEFAULT_QUEUE,
+            _default = Backend(None, queue=env_queue(),
                                procs=None, secret=None, initializer=None, initargs=(),
                                max_tasks=None, kind="process")
-            atexit.register(_close_default)
+            lifetime.at_exit(lifetime.Phase.FINISH_WORK, _join_children)
+            lifetime.at_exit(lifetime.Phase.STOP_NODES, _close_default)
         return _default
 
 
+def _join_children() -> None:
+    """Phase FINISH_WORK, like the stdlib: non-daemon Processes are joined at exit."""
+    wait_futures(list(_children))
+
+
 def _close_default() -> None:
-    """At exit, like the stdlib: join the non-daemon Processes, then stop."""
+    """Phase STOP_NODES: the Processes are joined and the Values written back by now."""
     backend = _default
-    if backend is not None and not backend.closed:
-        wait_futures(list(_children))
-        shared = sys.modules.get("taskq.compat.shared")
-        if shared is not None:
-            shared.release_all()
+    if backend is not None:
         backend.close(kill=True)
 
 
 def cpu_count() -> int:
     """Processes available: the live nodes' total with ``TASKQ_URL`` set, else local CPUs."""
-    url = os.environ.get("TASKQ_URL")
+    url = env_url()
     local = os.cpu_count() or 1
     if not url:
         return local

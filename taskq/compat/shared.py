@@ -23,7 +23,6 @@ only protects what is always accessed under it.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import threading
@@ -37,6 +36,7 @@ from redis.commands.core import Script
 from taskq import registry
 from taskq.broker import SHARED_PREFIX, connect, load_script
 from taskq.errors import TaskqError
+from taskq.local import lifetime
 
 PREFIX = SHARED_PREFIX
 LEASE = 10.0  # seconds a lease lives without renewal
@@ -310,7 +310,7 @@ def release_all() -> None:
                 lease.held.release()
 
 
-atexit.register(release_all)
+lifetime.at_exit(lifetime.Phase.RELEASE_SHARED, release_all)  # Redis is still up then
 registry.after_each_task(release_all)  # a task that exits holding a lease hands it back
 
 

