@@ -16,7 +16,7 @@ subprocesses, enqueues the tasks in waves with ``taskq.Client`` (``send_many`` a
 * XADDs malformed entries (they must be dead-lettered, never run).
 
 Every execution of a chaos task is appended to a file per process, outside Redis
-(``tests/reliability_tasks.py``), so duplicates are counted from facts. At the end it
+(``scripts/chaos_tasks.py``), so duplicates are counted from facts. At the end it
 prints one table and exits 1 if any task was lost, any duplicate count broke its bound,
 anything hung or a process leaked.
 
@@ -52,10 +52,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-sys.path[:0] = [str(ROOT), str(TESTS)]
+SCRIPTS = ROOT / "scripts"
+sys.path[:0] = [str(ROOT), str(SCRIPTS)]
 
-import reliability_tasks as rt  # noqa: E402
+import chaos_tasks as rt  # noqa: E402
 
 from taskq.broker import GROUP, Broker  # noqa: E402
 from taskq.client import Client  # noqa: E402
@@ -126,13 +126,13 @@ class Chaos:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKQ_")}
         env["TASKQ_REL_LOG"] = str(self.log_dir)
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
         return env
 
     def start_node(self, slot: int) -> Node:
         a = self.args
         cmd = [sys.executable, "-m", "taskq", "--url", self.server.url, "worker",
-               "--procs", str(a.procs), "--lease", str(a.lease), "--import", "reliability_tasks",
+               "--procs", str(a.procs), "--lease", str(a.lease), "--import", "chaos_tasks",
                "--max-deliveries", str(a.max_deliveries), "--shutdown-timeout", "10",
                "--log-level", "warning"]
         with open(self.workdir / f"node-{slot}.log", "ab") as out:

@@ -1,12 +1,12 @@
-"""Tasks that misbehave on purpose, for tests/test_reliability.py and scripts/chaos.py.
+"""Tasks that misbehave on purpose, for tests/test_reliability.py.
 
 Worker subprocesses import this module with ``--import reliability_tasks`` (``tests/`` on
-PYTHONPATH). Every execution is recorded OUTSIDE Redis: one line per event appended
-(O_APPEND, one write per line) to ``$TASKQ_REL_LOG/<pid>.log``, so the tests can count
-how often each task really ran, whatever happened to Redis or to the processes.
+PYTHONPATH). The execution log and the tasks scripts/chaos.py also runs (``rel.work``,
+``rel.poison_child``, ``rel.kill_node``) live in ``scripts/chaos_tasks.py`` and are
+re-exported here: tests may use scripts, scripts never import tests.
 
-Line format: ``<event> <token> <pid>`` with event ``run`` (a task started), ``end`` (it
-returned) or ``init`` (a pool process ran its initializer; token ``-``).
+Line format of the log: ``<event> <token> <pid>`` with event ``run`` (a task started),
+``end`` (it returned) or ``init`` (a pool process ran its initializer; token ``-``).
 """
 
 from __future__ import annotations
@@ -14,37 +14,23 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-from taskq import task
-from taskq.errors import TaskTimeoutError
+_SCRIPTS = str(Path(__file__).resolve().parent.parent / "scripts")
+if _SCRIPTS not in sys.path:
+    sys.path.insert(0, _SCRIPTS)
+
+from chaos_tasks import kill_node, poison_child, read_log, record, work  # noqa: E402
+
+from taskq import task  # noqa: E402
+from taskq.errors import TaskTimeoutError  # noqa: E402
+
+__all__ = ["crash", "flaky", "hog", "init_child", "init_windows", "kill_node", "once",
+           "poison_child", "read_log", "record", "slow", "stubborn", "work"]
 
 _hoard: list[bytes] = []
-
-
-def record(event: str, token: str) -> None:
-    directory = os.environ.get("TASKQ_REL_LOG")
-    if not directory:
-        return
-    fd = os.open(os.path.join(directory, f"{os.getpid()}.log"),
-                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{event} {token} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-def read_log(directory: str | Path, event: str = "run") -> Counter[str]:
-    """How many times each token had ``event`` recorded, over every process's file."""
-    counts: Counter[str] = Counter()
-    for path in Path(directory).glob("*.log"):
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == event:
-                counts[parts[1]] += 1
-    return counts
 
 
 def init_child() -> None:
@@ -69,19 +55,6 @@ def init_windows(directory: str | Path) -> list[tuple[float, float]]:
     return sorted((s["initstart"], s["initdone"]) for s in spans.values() if len(s) == 2)
 
 
-@task(name="rel.work", retries=3, retry_backoff=0.05)
-def work(token: str, seconds: float = 0.0) -> int:
-    """The well-behaved task: record, optionally sleep, return the pid that ran it.
-
-    ``retries`` covers WorkerLostError: a run whose pool process was SIGKILLed under it
-    by the chaos script is retried, so every good task must end up completed."""
-    record("run", token)
-    if seconds:
-        time.sleep(seconds)
-    record("end", token)
-    return os.getpid()
-
-
 @task(name="rel.once")
 def once(token: str, seconds: float = 0.0) -> int:
     """Like work, without retries."""
@@ -101,22 +74,6 @@ def crash(token: str, how: str) -> None:
     if how == "segv":
         ctypes.string_at(0)  # NULL dereference: SIGSEGV
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-@task(name="rel.poison_child", retries=1, retry_backoff=0.01)
-def poison_child(token: str) -> None:
-    """os._exit() every time: fails with WorkerLostError after its one retry."""
-    record("run", token)
-    os._exit(7)
-
-
-@task(name="rel.kill_node")
-def kill_node(token: str) -> None:
-    """Poison of the worst kind: SIGKILL the node parent (and so this process) every time."""
-    record("run", token)
-    record("killnode", str(os.getppid()))
-    os.kill(os.getppid(), signal.SIGKILL)
-    time.sleep(10)
 
 
 @task(name="rel.slow", timeout=0.3)
