@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+import click
 import pytest
 
-from taskq.cli import main, parse_arg
+from taskq.cli import cli, main, parse_arg
+from taskq.config import DEFAULTS, Settings, env_queue, env_url
 
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
@@ -60,3 +64,41 @@ def test_args_are_json_literals_else_strings() -> None:
     assert parse_arg("[1, 2]") == [1, 2]
     assert parse_arg("a@test.com") == "a@test.com"
     assert parse_arg('"10"') == "10"
+
+
+def test_help_quotes_the_settings_defaults() -> None:
+    worker = cli.commands["worker"]
+    quoted = {opt.opts[0]: m.group(1) for opt in worker.params
+              if isinstance(opt, click.Option) and (m := re.search(r"\(default ([0-9.]+)", opt.help or ""))}
+    fields = {"--batch": "claim_size", "--lease": "lease", "--shutdown-timeout": "shutdown_timeout",
+              "--max-deliveries": "max_deliveries", "--hard-timeout-grace": "hard_timeout_grace"}
+    assert set(quoted) == set(fields), quoted
+    for option, name in fields.items():
+        assert float(quoted[option]) == getattr(DEFAULTS, name), option
+
+
+def test_env_is_read_by_config_over_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("TASKQ_URL", "TASKQ_QUEUE", "TASKQ_PROCS", "TASKQ_BATCH", "TASKQ_LEASE",
+                "TASKQ_RESULT_TTL", "TASKQ_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    assert Settings.from_env() == Settings()
+    monkeypatch.setenv("TASKQ_BATCH", "7")
+    monkeypatch.setenv("TASKQ_LEASE", "2.5")
+    monkeypatch.setenv("TASKQ_QUEUE", "a,b")
+    monkeypatch.setenv("TASKQ_URL", "redis://example:1/2")
+    got = Settings.from_env(lease=9.0)
+    assert (got.claim_size, got.lease, got.queues, got.url) == (7, 9.0, ("a", "b"), "redis://example:1/2")
+    assert (env_url(), env_queue()) == ("redis://example:1/2", "a")
+
+
+@pytest.mark.parametrize("env, args, needle", [
+    ({"TASKQ_BATCH": "many"}, ["worker"], "TASKQ_BATCH='many' is not a whole number"),
+    ({}, ["worker", "--batch", "0"], "claim size (--batch) must be at least 1"),
+])
+def test_bad_claim_size(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                        env: dict[str, str], args: list[str], needle: str) -> None:
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    exit_code, _, err = run(capsys, *args)
+    assert (exit_code, err.count("\n")) == (2, 1), err
+    assert needle in err, err

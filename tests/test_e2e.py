@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_lib
 
 import taskq
 from taskq.broker import Broker
+from taskq.message import sign
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 
 
-def taskq_cmd(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "taskq", "--url", url, *args], env=ENV,
+def taskq_cmd(url: str, *args: str, timeout: float = 60,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "taskq", "--url", url, *args], env=env or ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -85,28 +91,64 @@ def test_worker_serves_cli_and_python_producers_then_stops_cleanly(
     assert "Traceback" not in stderr
 
 
+class _Touch:
+    """What an attacker would put in a pickle: unpickling it creates ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return (Path.touch, (self.path,))
+
+
+def _pickle_entry(task_id: str, payload: bytes, secret: bytes | None) -> dict[str, bytes]:
+    body = json.dumps({"id": task_id, "t": "", "a": [], "kr": 1,
+                       "p": base64.b64encode(payload).decode()}).encode()
+    return {"m": body, **({"s": sign(secret, body)} if secret is not None else {})}
+
+
 @pytest.mark.timeout(60)
-def test_undecodable_and_unknown_messages_are_dead_lettered_and_never_run(
-    redis_url: str, worker: subprocess.Popen[str]
+def test_forged_pickles_and_bad_messages_are_dead_lettered_and_never_run(
+    redis_url: str, tmp_path: Path
 ) -> None:
+    canary = tmp_path / "canary"
+    pickle.loads(pickle.dumps(_Touch(canary)))  # the payload is live: loading it writes a file
+    assert canary.exists()
+    unsigned, forged, by_name = tmp_path / "unsigned", tmp_path / "forged", tmp_path / "system"
     client = redis_lib.Redis.from_url(redis_url)
     broker = Broker(client, "default")
     broker.ensure_group()
-    client.xadd(broker.keys.stream, {"m": b"\xff not json"})
-    client.xadd(broker.keys.stream, {"m": b'{"id": "x1", "t": "os.system", "a": ["touch /tmp/pwned"]}'})
-    client.xadd(broker.keys.stream, {"junk": b"no envelope at all"})
+    stream = broker.keys.stream
+    client.xadd(stream, _pickle_entry("unsigned", pickle.dumps(_Touch(unsigned)), None))
+    client.xadd(stream, _pickle_entry("forged", pickle.dumps(_Touch(forged)), b"not the secret"))
+    client.xadd(stream, {"m": json.dumps({"id": "system", "t": "os.system", "kr": 1,
+                                          "a": [f"touch {by_name}"]}).encode()})
+    client.xadd(stream, {"m": b"\xff not json"})
+    client.xadd(stream, {"junk": b"no envelope at all"})
     with taskq.Client(redis_url) as producer:
-        assert producer.submit("primes", 0, 100).result(timeout=30) == 25  # still serving
-    deadline = time.monotonic() + 20
-    while broker.info()["dead"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+        good = producer.submit("primes", 0, 100)
+        # A burst node that has the real secret: it must refuse what the secret did not sign.
+        done = taskq_cmd(redis_url, "worker", "--procs", "1", "--burst",
+                         env={**ENV, "TASKQ_SECRET": "the real secret"}, timeout=50)
+        assert done.returncode == 0, done.stderr
+        assert good.result(timeout=10) == 25  # served alongside the bad entries
+        why = {}
+        for task_id in ("unsigned", "forged", "system"):
+            outcome = producer.result(task_id)  # kr=1: the dead-letter outcome is kept
+            assert outcome is not None, task_id
+            with pytest.raises(taskq.DeadLetteredError) as info:
+                outcome.result()
+            why[task_id] = str(info.value)
+    assert not unsigned.exists() and not forged.exists() and not by_name.exists()
+    assert "dead-lettered: untrusted payload: payload is not signed" in why["unsigned"]
+    assert "dead-lettered: untrusted payload: payload signature does not match" in why["forged"]
+    assert "dead-lettered: unknown task 'os.system'" in why["system"]
     reasons = sorted(f[b"reason"].decode() for _, f in broker.dead_entries())
-    assert len(reasons) == 3, reasons
-    assert any("malformed message" in r for r in reasons)
-    assert any("unknown task 'os.system'" in r for r in reasons)
-    assert not os.path.exists("/tmp/pwned")
+    assert len(reasons) == 5, reasons
+    assert sum("untrusted payload" in r for r in reasons) == 2, reasons
+    assert sum("malformed message" in r for r in reasons) == 2, reasons
     out = taskq_cmd(redis_url, "dead", "list").stdout
-    assert out.count("\n") == 3
+    assert out.count("\n") == 5
 
 
 @pytest.mark.timeout(120)

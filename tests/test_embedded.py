@@ -211,3 +211,98 @@ def test_redis_url_is_flushed(redis_url: str) -> None:
     with redis_lib.Redis.from_url(redis_url) as client:
         assert client.dbsize() == 0
         client.set("left-over", 1)
+
+
+# -- local mode at exit (taskq.local.lifetime) --------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TASKQ_")} | {
+    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_exit_callbacks_run_by_phase_and_later_phases_survive_a_failure() -> None:
+    code = textwrap.dedent(
+        """
+        from taskq.local import lifetime
+        from taskq.local.lifetime import Phase
+
+        def say(word):
+            return lambda: print(word, flush=True)
+
+        def broken():
+            raise RuntimeError("boom")
+
+        lifetime.at_exit(Phase.STOP_SERVERS, say("servers"))
+        lifetime.at_exit(Phase.STOP_NODES, say("nodes"))
+        lifetime.at_exit(Phase.RELEASE_SHARED, say("release"))
+        lifetime.at_exit(Phase.FINISH_WORK, say("work-1"))
+        lifetime.at_exit(Phase.FINISH_WORK, broken)
+        lifetime.at_exit(Phase.FINISH_WORK, say("work-2"))
+        gone = say("cancelled")
+        lifetime.at_exit(Phase.FINISH_WORK, gone)
+        lifetime.cancel(gone)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=LOCAL_ENV, timeout=20)
+    assert done.returncode == 0, done.stderr
+    # Phase order whatever the registration order; last registered first within a phase.
+    assert done.stdout.split() == ["work-2", "work-1", "release", "nodes", "servers"]
+    assert "taskq: at exit (finish_work), broken failed: RuntimeError: boom" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+LOCAL_PROGRAM = '''
+import os, sys, time
+import psutil, redis
+import taskq
+from taskq.compat import shared
+from taskq.local import lifetime
+
+def slow_write(directory, i):
+    time.sleep(0.5)
+    with open(os.path.join(directory, f"done-{i}"), "w") as f:
+        f.write("ok")
+    return i
+
+def check_written_back(counter):
+    raw = redis.Redis.from_url(counter.url).get(counter.key)  # not through the cache
+    print("at exit:", raw.decode(), flush=True)
+
+if __name__ == "__main__":
+    shared._IDLE_WRITE_BACK = 3600.0  # only the exit write-back may store the value
+    counter = taskq.Value("i", 0)
+    with counter.get_lock():
+        for _ in range(42):
+            counter.value += 1
+    executor = taskq.Executor(2)
+    for i in range(4):
+        executor.submit(slow_write, sys.argv[1], i)  # still pending when main returns
+    lifetime.at_exit(lifetime.Phase.STOP_NODES, lambda: check_written_back(counter))
+    print("before exit:", redis.Redis.from_url(counter.url).get(counter.key).decode())
+    kids = psutil.Process().children(recursive=True)
+    print("children:", *[f"{p.pid}={p.name()}" for p in kids], flush=True)
+'''
+
+
+@pytest.mark.usefixtures("binary")
+@pytest.mark.timeout(120)
+def test_local_mode_exit_finishes_work_writes_back_then_stops_everything(tmp_path: Path) -> None:
+    program = tmp_path / "program.py"
+    program.write_text(LOCAL_PROGRAM)
+    done = subprocess.run([sys.executable, str(program), str(tmp_path)], capture_output=True,
+                          text=True, env=LOCAL_ENV, timeout=100, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "at exit (" not in done.stderr, done.stderr
+    lines = dict(line.split(":", 1) for line in done.stdout.splitlines())
+    assert lines["before exit"].strip() == "0"  # cached under the lease until exit
+    assert lines["at exit"].strip() == "42"  # written back while Redis was still up
+    assert sorted(p.name for p in tmp_path.glob("done-*")) == [f"done-{i}" for i in range(4)]
+    pairs = [item.split("=", 1) for item in lines["children"].split()]
+    children = [int(pid) for pid, _ in pairs]
+    names = [name for _, name in pairs]
+    assert names.count("redis-server") == 2, names  # the Value's and the Executor's clusters
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a node's pool processes may take a moment after their parent
+    assert [pid for pid in children if not _gone(pid)] == []

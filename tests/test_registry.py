@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import taskq
@@ -59,7 +61,10 @@ def test_retry_backoff_grows_and_is_capped() -> None:
 
 
 def test_resolve_callable_errors_are_one_line() -> None:
-    assert registry.resolve_callable("os.path:join") is not None
+    assert registry.resolve_callable("os.path:join") is os.path.join
+    assert registry.resolve_callable("os.path.join") is os.path.join  # MODULE.FUNC works too
+    with pytest.raises(ConfigError, match="is not callable"):
+        registry.resolve_callable("os:sep")
     with pytest.raises(ConfigError, match="cannot import"):
         registry.resolve_callable("no_such_mod:f")
     with pytest.raises(ConfigError, match="no attribute"):
