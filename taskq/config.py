@@ -117,7 +117,7 @@ class Settings:
             "result_ttl": _env_number("TASKQ_RESULT_TTL", float),
             "secret": secret.encode() if secret else None,
         }
-        found.update(overrides)
+        found.update((k, v) for k, v in overrides.items() if v is not None)  # None: not given
         return cls(**{k: v for k, v in found.items() if v is not None})
 
     def with_(self, **changes: Any) -> Settings:
