@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from taskq.cpus import available_cpus
 from taskq.errors import ConfigError
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -67,7 +68,8 @@ class Settings:
 
     url: str = DEFAULT_URL
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
-    procs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    procs: int = field(default_factory=available_cpus)
+    """Pool processes; the default is what this process may use (cgroup quota, affinity)."""
     """Pool processes of a node (default: the CPU count)."""
     claim_size: int = 256
     """Most entries one claim (one XREADGROUP) takes; ``--batch`` / ``TASKQ_BATCH``."""

@@ -11,7 +11,6 @@ non-daemon Processes are joined and the Values written back (:mod:`taskq.local.l
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 from taskq.broker import connect, procs_serving
 from taskq.compat.backend import Backend
 from taskq.config import env_queue, env_url
+from taskq.cpus import available_cpus
 from taskq.errors import ConfigError
 from taskq.local import lifetime
 from taskq.node.child import in_pool_process
@@ -63,9 +63,10 @@ def _close_default() -> None:
 
 
 def cpu_count() -> int:
-    """Processes available: the live nodes' total with ``TASKQ_URL`` set, else local CPUs."""
+    """Processes available: the live nodes' total with ``TASKQ_URL`` set, else the CPUs
+    this process may use (a container's CPU limit, not the host's count)."""
     url = env_url()
-    local = os.cpu_count() or 1
+    local = available_cpus()
     if not url:
         return local
     try:

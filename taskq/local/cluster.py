@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from taskq.config import DEFAULT_QUEUE
+from taskq.cpus import available_cpus
 from taskq.errors import ConfigError
 from taskq.local import lifetime
 from taskq.local.embedded import EmbeddedRedis
@@ -57,7 +58,7 @@ class LocalCluster:
         log_level: str = "warning",
         on_death: Callable[[str], None] | None = None,
     ) -> None:
-        self.procs = procs if procs is not None else (os.cpu_count() or 1)
+        self.procs = procs if procs is not None else available_cpus()
         if self.procs < 1:
             raise ConfigError(f"the number of processes must be at least 1, got {self.procs}")
         if max_tasks_per_child is not None and max_tasks_per_child < 1:
