@@ -391,6 +391,12 @@ def dead_purge(ctx: click.Context, queue: str | None) -> None:
     click.echo(f"purged {n} task(s)")
 
 
+from taskq.dashboard.cli import dashboard, exporter  # noqa: E402  (needs no extra to import)
+
+cli.add_command(dashboard)
+cli.add_command(exporter)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: click's own parse errors become one line too (exit 2)."""
     try:
