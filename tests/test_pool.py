@@ -423,9 +423,16 @@ def test_big_payloads_and_results_do_not_deadlock() -> None:
 
 
 def test_arm_timeout_outside_a_pool_job_is_a_no_op() -> None:
+    # pytest-timeout may own ITIMER_REAL here: armed, arm_timeout would replace it by a
+    # 1 ms timer (and disarming would zero it); a no-op leaves it running as it was.
+    assert not pool_module.in_pool_process()
+    before, _ = signal.getitimer(signal.ITIMER_REAL)
     arm_timeout(0.001)
-    time.sleep(0.01)  # nothing is raised here
+    armed, _ = signal.getitimer(signal.ITIMER_REAL)
     arm_timeout(None)
+    after, _ = signal.getitimer(signal.ITIMER_REAL)
+    assert armed == 0.0 if before == 0.0 else before - 1.0 < armed <= before
+    assert after == 0.0 if before == 0.0 else before - 1.0 < after <= armed
 
 
 _ORPHAN_SCRIPT = """

@@ -1,7 +1,8 @@
-"""The supervised pool, parent side: slots, dispatch, crash attribution, recycling.
+"""The supervised pool, parent side: the processes' lifecycle, crash attribution, recycling.
 
 A pool of forked processes (their runtime is :mod:`taskq.node.child`), driven by a
-single-threaded parent's event loop.
+single-threaded parent's event loop; which process gets which job is
+:mod:`taskq.node.dispatch`'s policy.
 
 Like ``multiprocessing.Pool`` but with crash isolation (a dead child costs only the job
 it was running), per-job hard timeouts, recycling, and adaptive chunking. The parent
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import math
 import multiprocessing
 import os
 import pickle
@@ -32,68 +32,23 @@ import signal
 import sys
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 from taskq.errors import ConfigError, TaskqError
 from taskq.message import ErrorTriple, describe_exception
-from taskq.node.child import ARM, EXIT, GO_ON, INF, INIT_FAIL, OVER, READY, RES, P, Runner, child_main
+from taskq.node.child import ARM, EXIT, GO_ON, INF, INIT_FAIL, OVER, READY, RES, Runner, child_main
+from taskq.node.dispatch import Dispatcher, Done, ErrorInfo, Job, Proc
+
+__all__ = ["Done", "ErrorInfo", "Job", "PoolInitError", "SupervisedPool"]
 
 _CTX = multiprocessing.get_context("fork")
-_CHUNK_SECONDS = 0.002  # work a child should hold when jobs are short
-_MAX_DEPTH = 512
-_LONG_JOB = 0.005  # a child this long into one job gets nothing more piled behind it
-_UNREAD_BUDGET = 64 * 1024  # well under the socket buffer, so a send never blocks
 _INIT_FAILURES = 3
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorInfo:
-    type_name: str
-    message: str
-    traceback: str
-    cause: str  # "exception", "lost" or "timeout"
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    key: Any
-    payload: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    key: Any
-    value: Any
-    error: ErrorInfo | None
-    duration: float
 
 
 class PoolInitError(TaskqError):
     """The pool initializer failed in several pool processes in a row."""
-
-
-class _Worker:
-    __slots__ = ("alive", "broken", "conn", "held", "init_failed", "lock", "over", "pid", "pidfd",
-                 "proc", "reads", "ready", "retiring", "sent", "sentinel", "slot", "tasks_left",
-                 "unread", "wake")
-
-    def __init__(self, proc: Any, conn: Connection, slot: Any, lock: Any,
-                 tasks_left: int | None) -> None:
-        self.proc, self.conn, self.slot, self.lock = proc, conn, slot, lock
-        self.tasks_left = tasks_left
-        self.pid: int = proc.pid
-        self.sentinel: int = proc.sentinel
-        self.pidfd: int | None = None
-        self.held: dict[int, Job] = {}  # seq -> job sent and not yet reported
-        self.sent: deque[int] = deque()  # sizes of messages the child has not acked
-        self.unread = self.reads = 0
-        self.alive = True
-        self.ready = self.broken = self.init_failed = self.retiring = self.over = False
-        self.wake = INF  # announced hard deadline: wake by then even if the slot says inf
 
 
 _live_pools: weakref.WeakSet[SupervisedPool] = weakref.WeakSet()
@@ -125,17 +80,14 @@ class SupervisedPool:
             raise ConfigError(f"procs must be at least 1, got {procs}")
         if max_tasks_per_child is not None and max_tasks_per_child < 1:
             raise ConfigError(f"max_tasks_per_child must be at least 1, got {max_tasks_per_child}")
-        self._procs, self._runner = procs, runner
+        self._size, self._runner = procs, runner
         self._initializer, self._initargs = initializer, initargs
         self._max_tasks, self._max_memory = max_tasks_per_child, max_memory_per_child
         self._grace = hard_timeout_grace
-        self._workers: list[_Worker] = []
-        self._queue: deque[Job] = deque()
+        self._procs: list[Proc] = []
+        self._dispatcher = Dispatcher(procs)
         self._done: list[Done] = []
         self._in_flight = 0
-        self._seq = 0
-        self._ema: float | None = None
-        self._depth = 1  # one job each until durations are known: long jobs stay balanced
         self._init_streak = 0
         self._init_error: str | None = None
         self._started = self._closing = False
@@ -148,8 +100,8 @@ class SupervisedPool:
         self._started = True
         _live_pools.add(self)
         n = self._max_tasks
-        for i in range(self._procs):  # staggered budgets: recycling comes due in turn
-            self._spawn(None if n is None else max(1, n - i * n // self._procs))
+        for i in range(self._size):  # staggered budgets: recycling comes due in turn
+            self._spawn(None if n is None else max(1, n - i * n // self._size))
 
     def __enter__(self) -> SupervisedPool:
         self.start()
@@ -162,11 +114,11 @@ class SupervisedPool:
         """Stop dispatching, let children finish what they hold, then stop them."""
         self._closing = True
         end = time.monotonic() + timeout
-        while any(w.held for w in self._workers) and time.monotonic() < end:
+        while any(p.held for p in self._procs) and time.monotonic() < end:
             self._pump(end - time.monotonic(), ())
-        for w in self._workers:
-            self._send(w, EXIT)
-        left = {w.sentinel: w for w in self._workers}
+        for p in self._procs:
+            self._send(p, EXIT)
+        left = {p.sentinel: p for p in self._procs}
         while left and (ready := wait(list(left), max(0.05, end - time.monotonic()))):
             for s in [s for s in left if s in ready]:
                 self._death(left.pop(s))
@@ -175,23 +127,25 @@ class SupervisedPool:
     def terminate(self) -> None:
         """SIGKILL every child now and reap it; its running job is reported lost."""
         self._closing = True
-        for w in self._workers:
-            w.proc.kill()
-        for w in list(self._workers):
-            self._death(w)
+        for p in self._procs:
+            p.proc.kill()
+        for p in list(self._procs):
+            self._death(p)
         _live_pools.discard(self)
 
     # -- the interface the node uses
 
     def submit(self, jobs: Iterable[Job]) -> None:
-        before = len(self._queue)
-        self._queue.extend(jobs)
-        self._in_flight += len(self._queue) - before
+        queue = self._dispatcher.queue
+        before = len(queue)
+        queue.extend(jobs)
+        self._in_flight += len(queue) - before
         self._dispatch()
 
     def withdraw_queued(self) -> list[Job]:
-        jobs = list(self._queue)
-        self._queue.clear()
+        queue = self._dispatcher.queue
+        jobs = list(queue)
+        queue.clear()
         self._in_flight -= len(jobs)
         return jobs
 
@@ -201,15 +155,15 @@ class SupervisedPool:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._dispatcher.queue)
 
     @property
     def idle_capacity(self) -> int:
-        return max(0, self._procs * self._depth - self._in_flight)
+        return max(0, self._size * self._dispatcher.depth - self._in_flight)
 
     @property
     def pids(self) -> list[int]:
-        return [w.pid for w in self._workers if w.proc.is_alive()]
+        return [p.pid for p in self._procs if p.proc.is_alive()]
 
     def poll(self, timeout: float | None, also_wait: Sequence[Any] = ()) -> list[Done]:
         """Wait up to ``timeout`` (None: until something happens); return finished jobs."""
@@ -238,18 +192,18 @@ class SupervisedPool:
         conn, child_conn = _CTX.Pipe(duplex=True)
         slot = _CTX.RawArray("d", [-1.0, 0.0, INF, 0.0, 0.0])
         lock = _CTX.Lock()
-        foreign = [w.conn for w in self._workers] + [conn]  # the child must not hold these
+        foreign = [p.conn for p in self._procs] + [conn]  # the child must not hold these
         proc = _CTX.Process(
             target=child_main, name="taskq-pool",
             args=(child_conn, slot, lock, self._runner, self._initializer, self._initargs,
                   self._max_memory, self._grace, os.getpid(), foreign))
         proc.start()
         child_conn.close()
-        w = _Worker(proc, conn, slot, lock, budget or self._max_tasks)
+        p = Proc(proc, conn, slot, lock, budget or self._max_tasks)
         # A pidfd fires at exit even if a grandchild inherited proc.sentinel's pipe.
         with contextlib.suppress(AttributeError, OSError):
-            w.pidfd = w.sentinel = os.pidfd_open(w.pid)
-        self._workers.append(w)
+            p.pidfd = p.sentinel = os.pidfd_open(p.pid)
+        self._procs.append(p)
 
     def _check_init(self) -> None:
         if self._init_error is not None:
@@ -257,21 +211,18 @@ class SupervisedPool:
 
     def _pump(self, timeout: float | None, also_wait: Sequence[Any]) -> bool:
         """One wait and everything it brings; True if a child died or also_wait is ready."""
-        owners: dict[int, tuple[_Worker, bool]] = {}
+        owners: dict[int, tuple[Proc, bool]] = {}
         objs: list[Any] = []
         deadline = steal_at = INF
-        for w in self._workers:
-            owners[id(w.conn)] = (w, False)
-            owners[id(w.sentinel)] = (w, True)
-            objs.append(w.conn)
-            objs.append(w.sentinel)
-            deadline = min(deadline, w.wake)
-            if int(w.slot[0]) in w.held:
-                deadline = min(deadline, w.slot[2])
-            if self._stealable(w):  # when it would count as stuck
-                steal_at = min(steal_at, w.slot[1] + _LONG_JOB)
+        for p in self._procs:
+            owners[id(p.conn)] = (p, False)
+            owners[id(p.sentinel)] = (p, True)
+            objs.append(p.conn)
+            objs.append(p.sentinel)
+            deadline = min(deadline, p.deadline())
+            steal_at = min(steal_at, p.steal_at())  # when a job would count as stuck
         objs.extend(also_wait)
-        if steal_at < INF and self._has_idle():
+        if steal_at < INF and self._dispatcher.has_idle(self._procs):
             deadline = min(deadline, steal_at)
         if deadline < INF:
             until = max(0.0, deadline - time.monotonic())
@@ -284,51 +235,55 @@ class SupervisedPool:
             if owner is None:
                 event = True
                 continue
-            w, is_sentinel = owner
-            if not w.alive:
+            p, is_sentinel = owner
+            if not p.alive:
                 continue
-            if is_sentinel or not self._read(w):
-                if not is_sentinel and not wait([w.sentinel], 1.0):
-                    w.proc.kill()  # it closed its pipe but lives on: useless
-                self._death(w)
+            if is_sentinel or not self._read(p):
+                if not is_sentinel and not wait([p.sentinel], 1.0):
+                    p.proc.kill()  # it closed its pipe but lives on: useless
+                self._death(p)
                 event = True
-        now = time.monotonic()
-        for w in list(self._workers):
-            if w.wake <= now:
-                w.wake = INF
-            if w.slot[2] <= now and int(w.slot[0]) in w.held:
-                w.proc.kill()
-                self._death(w, timed_out=True)
-                event = True
-        return event
+        return self._kill_overrunning() or event
 
-    def _read(self, w: _Worker, limit: int = 64) -> bool:
+    def _kill_overrunning(self) -> bool:
+        """SIGKILL the processes whose job is past its hard deadline; True if any."""
+        now, killed = time.monotonic(), False
+        for p in list(self._procs):
+            if p.wake <= now:
+                p.wake = INF
+            if p.slot[2] <= now and p.running() is not None:
+                p.proc.kill()
+                self._death(p, timed_out=True)
+                killed = True
+        return killed
+
+    def _read(self, p: Proc, limit: int = 64) -> bool:
         """Take what the child sent (at most ``limit`` messages); False at EOF."""
         try:
             for _ in range(limit):
-                if not w.conn.poll():
+                if not p.conn.poll():
                     break
-                self._on_message(w, w.conn.recv_bytes())
+                self._on_message(p, p.conn.recv_bytes())
         except (EOFError, OSError):
             return False
         return True
 
-    def _on_message(self, w: _Worker, data: bytes) -> None:
+    def _on_message(self, p: Proc, data: bytes) -> None:
         msg = pickle.loads(data)
         kind = msg[0]
         if kind == RES:
-            self._on_results(w, *msg[1:])
+            self._on_results(p, *msg[1:])
         elif kind == ARM:
-            w.wake = min(w.wake, msg[1])
+            p.wake = min(p.wake, msg[1])
         elif kind == OVER:  # over its memory limit, waiting for a verdict
-            w.over = True
-            w.retiring = not self._recycling(but=w)
-            self._send(w, EXIT if w.retiring else GO_ON)
+            p.over = True
+            p.retiring = not self._recycling(but=p)
+            self._send(p, EXIT if p.retiring else GO_ON)
         elif kind == READY:
-            w.ready = True
+            p.ready = True
             self._init_streak = 0
         elif kind == INIT_FAIL:
-            w.init_failed = True
+            p.init_failed = True
             self._init_failure("{}: {}".format(*msg[1]))
 
     def _init_failure(self, text: str) -> None:
@@ -337,11 +292,9 @@ class SupervisedPool:
             self._init_error = (f"pool initializer failed {self._init_streak} times in a row: "
                                 + " ".join(text.split()))
 
-    def _on_results(self, w: _Worker, reads: int, seqs: list[int], durs: list[float],
+    def _on_results(self, p: Proc, reads: int, seqs: list[int], durs: list[float],
                     errs: list[tuple[int, ErrorTriple]], blob: bytes) -> None:
-        while w.reads < reads and w.sent:
-            w.unread -= w.sent.popleft()
-            w.reads += 1
+        p.acked(reads)
         n = len(seqs)
         try:
             vals = pickle.loads(blob)
@@ -349,12 +302,8 @@ class SupervisedPool:
             vals = [None] * n
             bad = describe_exception(exc)
             errs = [(i, bad) for i in range(n)]
-        mean = sum(durs) / n
-        ema = self._ema = mean if self._ema is None else self._ema + (1 - 0.9**n) * (
-            mean - self._ema)
-        self._depth = (1 if ema >= _CHUNK_SECONDS else
-                       max(2, min(_MAX_DEPTH, math.ceil(_CHUNK_SECONDS / max(ema, 1e-9)))))
-        held, out = w.held, self._done
+        self._dispatcher.observe(durs)
+        held, out = p.held, self._done
         if not errs:
             for seq, val, dur in zip(seqs, vals, durs, strict=True):
                 out.append(Done(held.pop(seq).key, val, None, dur))
@@ -365,55 +314,47 @@ class SupervisedPool:
             out.append(Done(held.pop(seq).key, vals[i],
                             None if e is None else ErrorInfo(*e, "exception"), durs[i]))
 
-    def _death(self, w: _Worker, *, timed_out: bool = False) -> None:
+    def _death(self, p: Proc, *, timed_out: bool = False) -> None:
         """Account for a child that has died or was just SIGKILLed, then replace it."""
-        w.alive = False
-        self._workers.remove(w)
-        w.proc.join()  # dead or killed: the blocking waitpid returns at once
-        self._read(w, sys.maxsize)  # results it sent before dying are real
-        if not (w.ready or w.init_failed or self._closing):  # e.g. os._exit() in initializer
-            self._init_failure(f"{_how_died(w.pid, w.proc.exitcode)} during initialization")
-        now = time.monotonic()
-        job = w.held.pop(int(w.slot[0]), None)
+        p.alive = False
+        self._procs.remove(p)
+        p.proc.join()  # dead or killed: the blocking waitpid returns at once
+        self._read(p, sys.maxsize)  # results it sent before dying are real
+        if not (p.ready or p.init_failed or self._closing):  # e.g. os._exit() in initializer
+            self._init_failure(f"{_how_died(p.pid, p.proc.exitcode)} during initialization")
+        job = p.held.pop(int(p.slot[0]), None)
         if job is not None:
-            elapsed = max(0.0, now - w.slot[1])
+            elapsed = max(0.0, time.monotonic() - p.slot[1])
             if timed_out:
                 err = ErrorInfo("TaskTimeoutError",
-                                f"pool process {w.pid} was killed after {elapsed:.3g} s: the task "
+                                f"pool process {p.pid} was killed after {elapsed:.3g} s: the task "
                                 f"overran its time limit plus {self._grace:g} s grace", "",
                                 "timeout")
             else:
                 err = ErrorInfo("WorkerLostError",
-                                f"{_how_died(w.pid, w.proc.exitcode)} while running the task",
+                                f"{_how_died(p.pid, p.proc.exitcode)} while running the task",
                                 "", "lost")
             self._done.append(Done(job.key, None, err, elapsed))
-        self._queue.extendleft(reversed(list(w.held.values())))  # unstarted: run elsewhere
-        w.held.clear()
-        w.conn.close()
-        w.proc.close()
-        if w.pidfd is not None:
-            os.close(w.pidfd)
+        # unstarted: run elsewhere
+        self._dispatcher.queue.extendleft(reversed(list(p.held.values())))
+        p.held.clear()
+        p.conn.close()
+        p.proc.close()
+        if p.pidfd is not None:
+            os.close(p.pidfd)
         if not self._closing and self._init_error is None:
             self._spawn()
 
-    def _send(self, w: _Worker, data: bytes) -> None:
-        if w.broken:
+    def _send(self, p: Proc, data: bytes) -> None:
+        if p.broken:
             return
         try:
-            w.conn.send_bytes(data)
+            p.conn.send_bytes(data)
         except OSError:
-            w.broken = True  # dead: its sentinel will fire and _death requeues
+            p.broken = True  # dead: its sentinel will fire and _death requeues
             return
-        w.sent.append(len(data))
-        w.unread += len(data)
-
-    def _busy_long(self, w: _Worker, now: float) -> bool:
-        return bool(w.slot[0] >= 0 and now - w.slot[1] > _LONG_JOB)
-
-    def _has_idle(self) -> bool:
-        return not self._queue and any(
-            w.ready and not w.held and not w.broken and not w.retiring and w.tasks_left != 0
-            for w in self._workers)
+        p.sent.append(len(data))
+        p.unread += len(data)
 
     def _retire_one(self) -> None:
         """Tell one process that is due for recycling (its task budget is spent and its
@@ -421,93 +362,18 @@ class SupervisedPool:
         being replaced; it finishes what it holds, exits, and _death replaces it."""
         if self._recycling():
             return
-        for w in self._workers:
-            if (w.tasks_left == 0 and not w.held) or w.over:
-                w.retiring = True
-                self._send(w, EXIT)
+        for p in self._procs:
+            if (p.tasks_left == 0 and not p.held) or p.over:
+                p.retiring = True
+                self._send(p, EXIT)
                 return
 
-    def _recycling(self, but: _Worker | None = None) -> bool:
-        return any(w is not but and (w.retiring or w.broken or not w.ready)
-                   for w in self._workers)
-
-    @staticmethod
-    def _stealable(w: _Worker) -> bool:
-        """Does it hold jobs queued behind the one it is running?"""
-        return bool(w.held and w.slot[0] >= 0 and next(reversed(w.held)) > w.slot[0])
+    def _recycling(self, but: Proc | None = None) -> bool:
+        return any(p is not but and (p.retiring or p.broken or not p.ready)
+                   for p in self._procs)
 
     def _dispatch(self) -> None:
         if self._closing:
             return
         self._retire_one()
-        now = time.monotonic()
-        if self._has_idle():
-            for w in self._workers:  # an idle child and one stuck on a long job: rebalance
-                if self._stealable(w) and self._busy_long(w, now):
-                    self._steal(w)
-        q = self._queue
-        for w in self._workers:
-            if not q:
-                return
-            if not w.ready or w.broken or w.retiring:
-                continue
-            room = self._depth - len(w.held)
-            if w.tasks_left is not None:
-                room = min(room, w.tasks_left)
-            if room <= 0 or (w.held and self._busy_long(w, now)):
-                continue
-            n = min(room, -(-len(q) // self._procs))  # fair share of the queue
-            jobs = [q.popleft() for _ in range(n)]
-            data = self._pack(jobs)
-            if data is None:
-                continue
-            if w.held and w.unread + len(data) > _UNREAD_BUDGET:  # busy: only what fits
-                fit = max(0, _UNREAD_BUDGET - w.unread) * len(jobs) // len(data)
-                q.extendleft(reversed(jobs[fit:]))
-                del jobs[fit:]
-                data = self._pack(jobs) if jobs else None
-                if data is None:
-                    continue
-            seq = self._seq
-            self._seq += len(jobs)
-            w.held.update(zip(range(seq, self._seq), jobs, strict=True))
-            if w.tasks_left is not None:
-                w.tasks_left -= len(jobs)
-            self._send(w, data)
-
-    def _steal(self, w: _Worker) -> None:
-        """Take back the jobs queued behind a long-running one (the child skips them)."""
-        if not w.lock.acquire(timeout=0.05):  # a child killed inside the lock must not hang us
-            return
-        try:
-            first = w.slot[0] + 1
-            if first <= 0:
-                return
-            w.slot[3], w.slot[4] = first, self._seq  # every seq it holds is below self._seq
-        finally:
-            w.lock.release()
-        stolen = [seq for seq in w.held if seq >= first]
-        self._queue.extendleft(reversed([w.held.pop(seq) for seq in stolen]))
-        if w.tasks_left is not None:
-            w.tasks_left += len(stolen)
-
-    def _pack(self, jobs: list[Job]) -> bytes | None:
-        """Pickle a chunk; unpicklable payloads fail here as their job's error."""
-        seq = self._seq
-        try:
-            return pickle.dumps([(seq + i, j.payload) for i, j in enumerate(jobs)], P)
-        except Exception:
-            pass
-        good = []
-        for j in jobs:
-            try:
-                pickle.dumps(j.payload, P)
-            except Exception as exc:
-                self._done.append(Done(j.key, None, ErrorInfo(*describe_exception(exc), "exception"),
-                                       0.0))
-            else:
-                good.append(j)
-        jobs[:] = good
-        if not good:
-            return None
-        return pickle.dumps([(seq + i, j.payload) for i, j in enumerate(good)], P)
+        self._done.extend(self._dispatcher.dispatch(self._procs, self._send))
