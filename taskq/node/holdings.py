@@ -1,0 +1,161 @@
+"""What a node holds under its lease, and the Redis calls that renew, settle or return it.
+
+An entry is *held* from the moment a claim or a reclaim delivers it until its outcome
+is recorded; an outcome is *unreported* until a completion call has applied it. Both
+count as this node's: their leases are renewed, and nothing is acknowledged before its
+outcome is recorded in Redis. *Suspects* are reclaimed entries that already lost two
+nodes (possible poison): the node holds at most one at a time.
+
+Only the best-effort calls made on the way out (:meth:`Holdings.settle`,
+:meth:`Holdings.give_back`) catch Redis errors; for the others the node loop decides what
+an outage means.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import redis
+
+from taskq.broker import Broker
+from taskq.errors import BrokerError
+from taskq.message import Entry, Report, dead_letter
+
+log = logging.getLogger("taskq.node")
+
+JobKey = tuple[int, bytes]  # (queue index, entry id)
+
+SUSPECT_DELIVERIES = 3
+"""A reclaimed entry delivered this often already lost two nodes: it may be poison, so a
+node holds at most one such suspect at a time and reclaims nothing else meanwhile."""
+
+
+class Holdings:
+    """Held entries, unreported outcomes and suspects of one node, over its brokers."""
+
+    def __init__(self, brokers: Sequence[Broker], node_id: str) -> None:
+        self.brokers = brokers
+        self.node_id = node_id
+        self.held: dict[JobKey, Entry] = {}
+        self.unreported: list[tuple[int, bytes, Report]] = []  # (queue index, entry id, report)
+        self.suspects: set[JobKey] = set()
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def take(self, qi: int, entry: Entry) -> bool:
+        """Hold ``entry``; False if it is already held (a reclaim of our own stale entry)."""
+        key = (qi, entry.entry_id)
+        if key in self.held:
+            return False
+        self.held[key] = entry
+        return True
+
+    def release(self, key: JobKey) -> Entry | None:
+        """Stop holding ``key``; its entry, or None if it was not held."""
+        return self.held.pop(key, None)
+
+    def record(self, qi: int, entry_id: bytes, report: Report) -> None:
+        self.unreported.append((qi, entry_id, report))
+
+    def dead(self, qi: int, entry: Entry, reason: str) -> None:
+        """Dead-letter a held entry: never run, reported with its reason."""
+        self.held.pop((qi, entry.entry_id), None)
+        self.record(qi, entry.entry_id, dead_letter(entry, reason))
+        log.warning("dead-lettered entry %s: %s", entry.entry_id.decode(), reason)
+
+    # -- Redis ------------------------------------------------------------------------
+
+    def flush(self, result_ttl: float) -> None:
+        """One completion call per queue for everything finished; kept on failure."""
+        if not self.unreported:
+            return
+        by_queue: dict[int, list[tuple[bytes, Report]]] = {}
+        for qi, entry_id, report in self.unreported:
+            by_queue.setdefault(qi, []).append((entry_id, report))
+        for qi, reports in by_queue.items():
+            _, suppressed = self.brokers[qi].complete(self.node_id, reports, result_ttl)
+            if suppressed:
+                log.warning("%d late report(s) suppressed: their lease had passed to another node",
+                            suppressed)
+            self.unreported = [u for u in self.unreported if u[0] != qi]
+
+    def renew(self) -> None:
+        """Renew the lease of what this node holds: running or queued in the pool, or
+        finished and not yet reported. Entries pending under this node that it does not
+        know (delivered to a claim it had to abandon when Redis went away) are left to
+        expire, so that any node, this one included, reclaims and runs them."""
+        ids: list[list[bytes]] = [[] for _ in self.brokers]
+        for qi, entry_id in self.held:
+            ids[qi].append(entry_id)
+        for qi, entry_id, _ in self.unreported:
+            ids[qi].append(entry_id)
+        for broker, entry_ids in zip(self.brokers, ids, strict=True):
+            broker.renew(self.node_id, entry_ids)
+
+    def reclaim(self, lease: float, room: int,
+                max_deliveries: int) -> tuple[list[tuple[int, list[Entry]]], bool]:
+        """Take over expired entries: (entries to run, by queue; whether a full batch came,
+        so there may be more). Those past ``max_deliveries`` are dead-lettered here."""
+        self.suspects.intersection_update(self.held)
+        runnable: list[tuple[int, list[Entry]]] = []
+        full = False
+        for qi, broker in enumerate(self.brokers):
+            holding = bool(self.suspects)
+            reclaimed = broker.reclaim(
+                self.node_id, lease, room, suspects=0 if holding else 1,
+                plain=not holding, max_deliveries=max_deliveries)
+            if not reclaimed:
+                continue
+            full = full or len(reclaimed) >= room
+            log.info("reclaimed %d expired task(s) from %s", len(reclaimed), broker.queue)
+            entries = []
+            for entry, deliveries in reclaimed:
+                key = (qi, entry.entry_id)
+                if deliveries > max_deliveries:
+                    self.held[key] = entry
+                    self.dead(qi, entry, f"poison: its node was lost {deliveries - 1} "
+                              "times while holding it (max_deliveries reached)")
+                    continue
+                if deliveries >= SUSPECT_DELIVERIES and key not in self.held:
+                    self.suspects.add(key)
+                entries.append(entry)
+            runnable.append((qi, entries))
+        return runnable, full
+
+    def hand_back(self, keys: Iterable[JobKey]) -> None:
+        """Give held entries back to their queues at once (not after a lease)."""
+        by_queue: dict[int, list[bytes]] = {}
+        for qi, entry_id in keys:
+            by_queue.setdefault(qi, []).append(entry_id)
+            self.held.pop((qi, entry_id), None)
+        for qi, ids in by_queue.items():
+            n = self.brokers[qi].hand_back(self.node_id, ids)
+            log.info("handed back %d task(s) to %s", n, self.brokers[qi].queue)
+
+    def hand_back_unheld(self) -> None:
+        """Entries a dropped claim delivered to us but we never saw: give them back."""
+        for qi, broker in enumerate(self.brokers):
+            ids = [i for i in broker.pending_ids(self.node_id) if (qi, i) not in self.held]
+            broker.hand_back(self.node_id, ids)
+
+    # -- on the way out: best effort --------------------------------------------------
+
+    def settle(self, result_ttl: float) -> None:
+        """Report what finished, then give back everything still held."""
+        _best_effort(self.flush, result_ttl)
+        self.give_back(list(self.held))
+
+    def give_back(self, keys: Sequence[JobKey]) -> None:
+        """Hand back ``keys`` and whatever a dropped claim delivered to us."""
+        _best_effort(self.hand_back, keys)
+        _best_effort(self.hand_back_unheld)
+
+
+def _best_effort(fn: Callable[..., object], *args: Any) -> None:
+    try:
+        fn(*args)
+    except (redis.RedisError, BrokerError) as exc:
+        log.warning("could not reach Redis during shutdown (%s); the lease will return "
+                    "these tasks to the queue", exc)
