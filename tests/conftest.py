@@ -34,6 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "realserver: server-level test that .ci/run also runs against the local Redis 7.x",
     )
+    config.addinivalue_line("markers", "browser: drives Debian's /usr/bin/chromium via playwright")
 
 
 def _in_ci() -> bool:

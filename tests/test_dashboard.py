@@ -408,3 +408,24 @@ def test_cli_bad_input_is_one_line_exit_2() -> None:
                               env={**os.environ, "TASKQ_URL": ""})
         assert done.returncode == 2, (args, done.stderr)
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_monitoring_files_use_only_metrics_that_exist() -> None:
+    """The alert rules and the Grafana dashboard name exporter metrics (or the node's
+    documented taskq_pool_process_exits_total), and both files parse."""
+    import json
+    import re
+    from pathlib import Path
+
+    from taskq.broker.snapshot import QueueStats, Snapshot
+
+    root = Path(__file__).parent.parent / "deploy" / "monitoring"
+    grafana = (root / "grafana-dashboard.json").read_text()
+    alerts = (root / "prometheus-alerts.yaml").read_text()
+    json.loads(grafana)
+    snap = Snapshot(0.0, [QueueStats("q", 0, 0, 0, 0, 0, None, {})], [], 0)
+    exported = {s.name for f in text_string_to_metric_families(Exposition().render(snap).decode())
+                for s in f.samples}
+    used = set(re.findall(r"\btaskq_[a-z_]+", grafana + alerts))
+    assert used - exported == {"taskq_pool_process_exits_total"}
+    assert "alert: TaskqNoLiveNode" in alerts and "taskq_queue_oldest_age_seconds >" in alerts
