@@ -17,8 +17,11 @@ argument lists), ``k`` kwargs, ``r`` reply inbox (client id), ``b`` batch id, ``
 the result, ``to`` timeout override (s), ``c`` 1 for a chunk, ``p`` base64 pickle.
 
 An outcome is a JSON object ``{"id", "ok": true, "v"}`` or ``{"id", "ok": false,
-"e": [type, message, traceback]}``; a chunk's ``v`` is a list of ``[1, value]`` or
-``[0, [type, message, traceback]]`` items.
+"e": [type, message, traceback]}``. A chunk's outcome is ``{"id", "ok": true, "c": 1,
+"v": [values], "ie": [[index, [type, message, traceback]], ...], "d": seconds}``: each
+item succeeds or fails on its own (``v`` holds null at a failed index, ``ie`` is absent
+when none failed); producers see it as one :class:`ChunkResult`, whichever way it
+travelled (a pickled chunk's result is the same type, see :mod:`taskq.signed`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import base64
 import hashlib
 import hmac
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -268,8 +271,64 @@ def encode_error(task_id: str, error: ErrorTriple) -> bytes:
     return orjson.dumps({"id": task_id, "ok": False, "e": list(error)})
 
 
+def encode_chunk(task_id: str, values: list[Any], errors: Sequence[tuple[int, ErrorTriple]],
+                 duration: float) -> bytes:
+    """A chunk's outcome: the values in order (None where an item failed), the failed
+    items' errors by index, and the seconds the chunk's work took."""
+    obj: dict[str, Any] = {"id": task_id, "ok": True, "c": 1, "v": values, "d": duration}
+    if errors:
+        obj["ie"] = [[i, list(e)] for i, e in errors]
+    return orjson.dumps(obj)
+
+
+class ChunkResult:
+    """The results of one chunk (many calls in one message), on the producer: ``values``
+    in order, ``errors`` (the failed items' exceptions) by index, ``duration`` the
+    seconds of work on the worker (None if unknown). Iterating yields the values in
+    order and raises at the first failed item, like ``map``; :meth:`item` reads one
+    item (value or raise) so a caller can go on after a failure, like ``imap``."""
+
+    __slots__ = ("duration", "errors", "values")
+
+    def __init__(self, values: list[Any], errors: dict[int, BaseException] | None = None,
+                 duration: float | None = None) -> None:
+        self.values = values
+        self.errors: dict[int, BaseException] = errors or {}
+        self.duration = duration
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.errors:
+            return iter(self.values)
+        return (self.item(i) for i in range(len(self.values)))
+
+    def item(self, index: int) -> Any:
+        """The value of item ``index``, or raise its error."""
+        error = self.errors.get(index) if self.errors else None
+        if error is not None:
+            raise error
+        return self.values[index]
+
+    def first_error(self) -> BaseException | None:
+        """The error of the lowest failed index, if any."""
+        return self.errors[min(self.errors)] if self.errors else None
+
+    def raise_first(self) -> None:
+        """Raise the error of the lowest failed index, if any item failed."""
+        error = self.first_error()
+        if error is not None:
+            raise error
+
+    def __repr__(self) -> str:
+        return f"<ChunkResult {len(self.values)} items, {len(self.errors)} failed>"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """A decoded outcome; a chunk's ``value`` is its :class:`ChunkResult`."""
+
     task_id: str
     ok: bool
     value: Any = None
@@ -286,14 +345,28 @@ class Outcome:
         return task_error(*self.error)
 
 
+def _error_triple(err: Any) -> ErrorTriple:
+    if not isinstance(err, list) or len(err) < 3:
+        err = ["TaskError", "unknown error", ""]
+    return (str(err[0]), str(err[1]), str(err[2]))
+
+
+def _chunk_result(obj: dict[str, Any]) -> ChunkResult:
+    values, duration = obj.get("v"), obj.get("d")
+    if not isinstance(values, list):
+        raise MessageError("malformed chunk outcome")
+    errors: dict[int, BaseException] = {
+        int(i): task_error(*_error_triple(e)) for i, e in obj.get("ie") or ()}
+    return ChunkResult(values, errors, float(duration) if isinstance(duration, (int, float)) else None)
+
+
 def decode_outcome(raw: bytes | dict[str, Any]) -> Outcome:
     obj = orjson.loads(raw) if isinstance(raw, (bytes, str)) else raw
     if not isinstance(obj, dict) or "id" not in obj:
         raise MessageError("malformed outcome")
     if obj.get("ok"):
-        return Outcome(obj["id"], True, obj.get("v"))
-    err = obj.get("e") or ["TaskError", "unknown error", ""]
-    return Outcome(obj["id"], False, error=(str(err[0]), str(err[1]), str(err[2])))
+        return Outcome(obj["id"], True, _chunk_result(obj) if "c" in obj else obj.get("v"))
+    return Outcome(obj["id"], False, error=_error_triple(obj.get("e")))
 
 
 def decode_outcomes(blob: bytes) -> list[Outcome]:

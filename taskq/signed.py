@@ -23,12 +23,13 @@ import sys
 import threading
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
 
 from taskq.errors import SignatureError, TaskError
+from taskq.message import ChunkResult
 
 CALL, MAP, STARMAP = 0, 1, 2
 VERSION = 1
@@ -129,28 +130,14 @@ def label(fn: Any) -> str:
     return f"pickled:{getattr(target, '__module__', '?')}.{name}"
 
 
-class ChunkResult:
-    """The results of one chunk: ``values`` in order, ``errors`` by index."""
-
-    __slots__ = ("duration", "errors", "values")
-
-    def __init__(self, values: list[Any], errors: dict[int, BaseException], duration: float) -> None:
-        self.values, self.errors, self.duration = values, errors, duration
-
-    def __iter__(self) -> Iterator[tuple[bool, Any]]:
-        errors = self.errors
-        for i, v in enumerate(self.values):
-            e = errors.get(i) if errors else None
-            yield (True, v) if e is None else (False, e)
-
-
 def result_signature(secret: bytes, task_id: str, text: bytes) -> str:
     return hmac.new(secret, _RESULT_DOMAIN + task_id.encode() + b"\x00" + text,
                     hashlib.sha256).hexdigest()
 
 
 def load_outcome(obj: dict[str, Any], secret: bytes | None) -> tuple[bool, Any]:
-    """A pickled outcome from the inbox → ``(ok, value or exception)``, verified first."""
+    """A pickled outcome from the inbox → ``(ok, value or exception)``, verified first.
+    A chunk's value is a :class:`taskq.message.ChunkResult`, as for a JSON chunk."""
     task_id, text, sig = obj.get("id"), obj.get("x"), obj.get("xs")
     if not isinstance(task_id, str) or not isinstance(text, str) or not isinstance(sig, str):
         return False, SignatureError("malformed pickled result")

@@ -6,10 +6,12 @@ import pytest
 
 from taskq.errors import MessageError, SignatureError, TaskError, WorkerLostError
 from taskq.message import (
+    ChunkResult,
     TaskMessage,
     decode,
     decode_outcome,
     decode_outcomes,
+    encode_chunk,
     encode_error,
     encode_ok,
     routing_of,
@@ -78,3 +80,26 @@ def test_outcomes() -> None:
 def test_unserializable_arguments_are_a_type_error() -> None:
     with pytest.raises(TypeError, match="not JSON-serializable"):
         TaskMessage(id="t", task="echo", args=[object()]).encode()
+
+
+def test_a_chunk_outcome_decodes_to_one_chunk_result() -> None:
+    raw = encode_chunk("t", [1, None, 3, None], [(1, ("SystemExit", "3", "tb")),
+                                                 (3, ("WorkerLostError", "gone", ""))], 0.25)
+    outcome = decode_outcome(raw)
+    assert outcome.ok
+    result = outcome.value
+    assert isinstance(result, ChunkResult) and len(result) == 4 and result.duration == 0.25
+    assert result.values == [1, None, 3, None] and sorted(result.errors) == [1, 3]
+    assert isinstance(result.errors[3], WorkerLostError)
+    assert result.item(0) == 1 and result.item(2) == 3
+    with pytest.raises(TaskError, match="SystemExit: 3"):
+        result.item(1)
+    items = iter(result)
+    assert next(items) == 1
+    with pytest.raises(TaskError, match="SystemExit"):  # like map: raises at the failed item
+        next(items)
+    with pytest.raises(TaskError, match="SystemExit"):
+        result.raise_first()
+    clean = decode_outcome(encode_chunk("t", [1, 2], [], 0.0)).value
+    assert list(clean) == [1, 2] and clean.first_error() is None
+    clean.raise_first()  # nothing failed: nothing raised

@@ -1,7 +1,9 @@
 """The producer core: :class:`Client` (submit tasks, get ``concurrent.futures.Future``
 results back) and :class:`Batch`.
 
-Results arrive by push (see :mod:`taskq.client.replies`); one-by-one submits are
+How a call travels (by name or pickled) and what its options mean is decided in
+:mod:`taskq.client.calls`; results arrive by push (see :mod:`taskq.client.replies`), a
+chunk's as one :class:`~taskq.message.ChunkResult`; one-by-one submits are
 group-committed (:mod:`taskq.client.sender`); enqueueing many tasks is one pipelined
 round trip.
 """
@@ -16,19 +18,21 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from taskq import registry
 from taskq.broker import REDIS_DOWN, Broker, connect, unreachable
+from taskq.client import calls
+from taskq.client.calls import DEFAULT, CallOptions, TaskRef
 from taskq.client.replies import Replies
 from taskq.client.sender import Sender
 from taskq.config import Settings
-from taskq.errors import BrokerError, SignatureError, TaskError, task_error
-from taskq.message import Outcome, TaskMessage, decode_outcome, sign
+from taskq.errors import BrokerError, TaskError
+from taskq.message import ChunkResult, Outcome, TaskMessage, decode_outcome, sign
+
+if TYPE_CHECKING:
+    from taskq.signed import Context
 
 log = logging.getLogger("taskq.client")
-
-TaskRef = Callable[..., Any] | str
 
 
 @dataclass(frozen=True)
@@ -107,74 +111,37 @@ class Client:
         self._sender: Sender[TaskMessage] = Sender(
             self._write, self._write_failed, name=f"taskq-sender-{self.client_id}"
         )
-        self._context: Any = None  # taskq.signed.Context, made on first use
+        self._context: Context | None = None  # made on the first call that travels pickled
 
     # -- building and sending messages ------------------------------------------------
 
-    def _new_id(self) -> str:
-        return f"{self.client_id}-{next(self._ids)}"
-
-    def _message(
-        self,
-        fn: TaskRef,
-        args: Sequence[Any],
-        kwargs: dict[str, Any] | None,
-        *,
-        task_id: str | None = None,
-        reply: bool = True,
-        keep_result: bool = True,
-        batch: str | None = None,
-        timeout: float | None = None,
-        chunk: bool = False,
+    def message(
+        self, fn: TaskRef, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+        chunk: bool = False, star: bool = True, context: Context | None = None,
+        options: CallOptions = DEFAULT,
     ) -> TaskMessage:
-        spec = None if isinstance(fn, str) else registry.find_task(getattr(fn, "__taskq_name__", ""))
-        if not isinstance(fn, str) and (spec is None or (self.settings.secret is not None and (
-                chunk or not _json_faithful(args, kwargs, chunk)))):
-            # Not a registered task, arguments JSON would change, or a map chunk while a
-            # secret is at hand (one pickled payload per chunk is ~20x cheaper per item
-            # than JSON envelopes): a signed pickle.
+        """The message for ``fn(*args, **kwargs)`` (or, with ``chunk``, for one call per
+        item of ``args``: argument tuples if ``star``, else single arguments), travelling
+        as :func:`taskq.client.calls.route` decides; ``context`` is the pickling context
+        (namespace, initializer) if it travels pickled, else this client's own. Send it
+        with :meth:`submit_message`. Raises SignatureError if it must travel pickled and
+        there is no secret, TypeError for arguments a registered task cannot take."""
+        # Positional calls: this is the submit hot path.
+        pickled, spec = calls.route(fn, args, kwargs, chunk, star, self.settings.secret is not None)
+        msg_id = options.task_id or f"{self.client_id}-{next(self._ids)}"
+        reply_to = self.client_id if options.reply else None
+        if not pickled:
+            return calls.by_name(spec, fn, args, kwargs, msg_id, reply_to, options, chunk, star)
+        assert not isinstance(fn, str)
+        return calls.pickled(spec, fn, args, kwargs, msg_id, reply_to, options, chunk, star,
+                             context if context is not None else self._pickling_context())
+
+    def _pickling_context(self) -> Context:
+        if self._context is None:
             from taskq import signed
 
-            data = [tuple(a) for a in args] if chunk else (tuple(args), kwargs or {})
-            return self.pickled_message(fn, signed.STARMAP if chunk else signed.CALL, data,
-                                        task_id=task_id, reply=reply, keep_result=keep_result,
-                                        batch=batch, timeout=timeout)
-        name = registry.name_of(fn)
-        spec = registry.find_task(name)
-        if spec is not None:
-            for call_args in args if chunk else [args]:
-                registry.check_call(spec, call_args, kwargs or {})
-        return TaskMessage(
-            id=task_id or self._new_id(), task=name,
-            args=[list(a) for a in args] if chunk else list(args), kwargs=kwargs or {},
-            reply_to=self.client_id if reply else None, batch=batch,
-            keep_result=keep_result, timeout=timeout, chunk=chunk,
-        )
-
-    def pickled_message(
-        self, fn: Callable[..., Any], mode: int, data: Any, *, context: Any = None,
-        task_id: str | None = None, reply: bool = True, keep_result: bool = True,
-        batch: str | None = None, timeout: float | None = None,
-    ) -> TaskMessage:
-        """A message carrying ``fn`` and ``data`` pickled (see :mod:`taskq.pickled`); it is
-        signed when written. Raises if something cannot be pickled or there is no secret."""
-        from taskq import signed
-
-        if self.settings.secret is None:
-            raise SignatureError(
-                f"{signed.label(fn)[8:]} is not a registered task (or its arguments are not "
-                "plain JSON): sending it pickled needs the shared secret TASKQ_SECRET, set "
-                "here and on the worker nodes"
-            )
-        if context is None:
-            if self._context is None:
-                self._context = signed.Context(self.client_id)
-            context = self._context
-        return TaskMessage(
-            id=task_id or self._new_id(), task=signed.label(fn),
-            payload=context.payload(fn, mode, data), reply_to=self.client_id if reply else None,
-            batch=batch, keep_result=keep_result, timeout=timeout,
-        )
+            self._context = signed.Context(self.client_id)
+        return self._context
 
     def batch_results(self, batch_id: str, total: int) -> list[Outcome | None]:
         """The stored outcomes of a batch's tasks (``<batch>.<i>``), None where expired."""
@@ -243,10 +210,16 @@ class Client:
 
     def apply(
         self, fn: TaskRef, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
-        timeout: float | None = None,
+        time_limit: float | None = None, timeout: float | None = None,
     ) -> Future[Any]:
-        """:meth:`submit` with per-call options (``timeout`` overrides the task's)."""
-        msg = self._message(fn, args, kwargs, timeout=timeout)
+        """:meth:`submit` with per-call options: ``time_limit`` (seconds) overrides the
+        task's own, however the call travels; ``timeout`` is its older alias."""
+        if timeout is not None:
+            if time_limit is not None:
+                raise TypeError("apply() takes time_limit or its alias timeout, not both")
+            time_limit = timeout
+        options = DEFAULT if time_limit is None else CallOptions(time_limit=time_limit)
+        msg = self.message(fn, args, kwargs, options=options)
         (fut,) = self._track([msg])
         self._sender.put(msg)
         return fut
@@ -259,8 +232,8 @@ class Client:
         batch whose results ``taskq result BATCH_ID`` can read later."""
         batch_id = os.urandom(6).hex() if batch else None
         messages = [
-            self._message(fn, args, None, batch=batch_id,
-                          task_id=f"{batch_id}.{i}" if batch_id else None)
+            self.message(fn, args, options=CallOptions(
+                batch=batch_id, task_id=f"{batch_id}.{i}" if batch_id else None))
             for i, args in enumerate(arglists)
         ]
         extra = {"reduce": reduce} if reduce else {}
@@ -269,7 +242,7 @@ class Client:
 
     def send(self, fn: TaskRef, /, *args: Any, **kwargs: Any) -> str:
         """Fire-and-forget: no result is stored, its completion is still counted."""
-        msg = self._message(fn, args, kwargs, reply=False, keep_result=False)
+        msg = self.message(fn, args, kwargs, options=_FIRE_AND_FORGET)
         self._sender.put(msg)
         return msg.id
 
@@ -278,8 +251,8 @@ class Client:
         """Fire-and-forget many tasks as one batch: ``wait()`` on it, watch its progress."""
         batch_id = os.urandom(6).hex()
         messages = [
-            self._message(fn, args, None, task_id=f"{batch_id}.{i}", reply=False,
-                          keep_result=keep_results, batch=batch_id)
+            self.message(fn, args, options=CallOptions(
+                task_id=f"{batch_id}.{i}", reply=False, keep_result=keep_results, batch=batch_id))
             for i, args in enumerate(arglists)
         ]
         self._enqueue(messages, (batch_id, extra))
@@ -289,10 +262,12 @@ class Client:
         self, fn: TaskRef, *iterables: Iterable[Any], chunksize: int = 1,
         timeout: float | None = None,
     ) -> Iterator[Any]:
-        """Like ``Executor.map``: every call is sent now, results come back in order."""
-        calls = list(zip(*iterables))  # noqa: B905 - stops at the shortest, like map()
-        chunks = [calls[i:i + chunksize] for i in range(0, len(calls), max(1, chunksize))]
-        messages = [self._message(fn, c, None, chunk=True) for c in chunks]
+        """Like ``Executor.map``: every call is sent now, results come back in order.
+        ``timeout`` bounds the wait for them (seconds from this call), not the tasks: a
+        task's own time limit is :meth:`apply`'s ``time_limit`` or its ``@task(timeout=)``."""
+        items = list(zip(*iterables))  # noqa: B905 - stops at the shortest, like map()
+        chunks = [items[i:i + chunksize] for i in range(0, len(items), max(1, chunksize))]
+        messages = [self.message(fn, c, chunk=True) for c in chunks]
         futures = self._submit_messages(messages)
         deadline = None if timeout is None else time.monotonic() + timeout
         return _chunk_results(futures, deadline)
@@ -308,11 +283,11 @@ class Client:
 
         def refill() -> None:
             while len(in_flight) < window:
-                chunk = list(itertools.islice(items, max(1, chunksize)))
-                if not chunk:
+                part = list(itertools.islice(items, max(1, chunksize)))
+                if not part:
                     return
-                calls = chunk if star else [(x,) for x in chunk]
-                in_flight.append(self._submit_messages([self._message(fn, calls, None, chunk=True)])[0])
+                msg = self.message(fn, part, chunk=True, star=star)
+                in_flight.append(self._submit_messages([msg])[0])
 
         refill()
         while in_flight:
@@ -351,36 +326,15 @@ class Client:
         self.close()
 
 
+_FIRE_AND_FORGET = CallOptions(reply=False, keep_result=False)
+
+
 def _chunk_results(futures: Sequence[Future[Any]], deadline: float | None) -> Iterator[Any]:
+    """The values of chunk Futures in order, raising at the first failed item."""
     for fut in futures:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        items = fut.result(timeout=left)
-        if not isinstance(items, list) and not items.errors:  # a pickled ChunkResult
-            yield from items.values
-            continue
-        for ok, value in items:
-            if not ok:
-                raise value if isinstance(value, BaseException) else task_error(*value)
-            yield value
-
-
-def _json_faithful(args: Sequence[Any], kwargs: dict[str, Any] | None, chunk: bool) -> bool:
-    """Would these arguments come back from JSON exactly as they are?"""
-    values: list[Any] = [*itertools.chain.from_iterable(args)] if chunk else list(args)
-    if kwargs:
-        values.extend(kwargs.values())
-    while values:
-        v = values.pop()
-        t = type(v)
-        if t is list:
-            values.extend(v)
-        elif t is dict:
-            if not all(type(k) is str for k in v):
-                return False
-            values.extend(v.values())
-        elif t not in (str, int, float, bool) and v is not None:
-            return False
-    return True
+        result: ChunkResult = fut.result(timeout=left)
+        yield from result
 
 
 __all__ = ["Batch", "BatchStatus", "Client", "TaskError"]

@@ -2,8 +2,10 @@
 
 Every client has a reply inbox (a Redis list) that the completion script pushes outcomes
 to; one listener thread per client blocks on it and resolves futures, so results arrive
-by push, never by polling. After a lost connection it reads the stored results of the
-futures still waiting (replies popped just before a drop are gone; stored ones are not).
+by push, never by polling. Every chunk's future resolves with one
+:class:`~taskq.message.ChunkResult`, decoded here whichever way the chunk travelled.
+After a lost connection it reads the stored results of the futures still waiting
+(replies popped just before a drop are gone; stored ones are not).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import orjson
 import redis
 
 from taskq.broker import REDIS_DOWN, Broker
+from taskq.errors import MessageError
 from taskq.message import decode_outcome
 
 log = logging.getLogger("taskq.client")
@@ -133,14 +136,17 @@ class Replies:
                 continue  # a duplicate outcome, or cancelled meanwhile
             try:
                 ok, value = self._decode(obj)
+            except Exception as exc:  # a reply naming our task but of a bad shape
+                ok, value = False, MessageError(f"malformed outcome of task {obj['id']}: {exc}")
+            with contextlib.suppress(InvalidStateError):  # cancelled between check and set
                 if ok:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)
-            except Exception:  # cancelled between the check and the set
-                pass
 
     def _decode(self, obj: dict[str, Any]) -> tuple[bool, Any]:
+        """One outcome → (ok, value or exception); a chunk's value is its ChunkResult,
+        whether it came back as JSON or pickled."""
         if "x" in obj:  # a pickled result: verified before it is unpickled
             from taskq import signed
 

@@ -2,8 +2,10 @@
 
 :class:`Backend` is what the Executor, :class:`taskq.Pool` and Process/Value share: a Client, maybe a
 local cluster, the pickling context (namespace and initializer on the workers), the set
-of outstanding futures, and chunk sizing. Registered ``@task`` functions with plain-JSON
-arguments travel by name; everything else travels pickled in signed payloads.
+of outstanding futures, and chunk sizing. How each call travels (by name or pickled in a
+signed payload) is the Client's one rule (:mod:`taskq.client.calls`); the Backend only
+hands it this Pool's pickling context. Every chunk's Future resolves with a
+:class:`~taskq.message.ChunkResult`.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from concurrent import futures as cf
 from concurrent.futures import Future
 from typing import Any
 
-from taskq import registry, signed
+from taskq import signed
 from taskq.broker import procs_serving
-from taskq.client.client import Client, _json_faithful
-from taskq.errors import TaskqError, WorkerLostError, task_error
+from taskq.client.calls import CallOptions
+from taskq.client.client import Client
+from taskq.config import env_queue, env_url
+from taskq.errors import TaskqError, WorkerLostError
 from taskq.local.cluster import LocalCluster
 
 _MAX_CHUNK_BYTES = 8 * 1024 * 1024  # pickled data per message: well under the node's limit
 _TARGET_CHUNK_SECONDS = 0.05  # work per auto-sized chunk once task time is known
 _MAX_AUTO_ITEMS = 200_000
+_NO_RESULT = CallOptions(keep_result=False)  # Futures get the reply; nothing is stored
 
 ChunkSize = int | str | None
 
@@ -84,13 +89,14 @@ class Backend:
     """A Client on one queue (and the local cluster behind it, in local mode)."""
 
     def __init__(
-        self, url: str | None, *, queue: str, procs: int | None, secret: bytes | str | None,
+        self, url: str | None, *, queue: str | None, procs: int | None, secret: bytes | str | None,
         initializer: Callable[..., object] | None, initargs: Sequence[Any],
         max_tasks: int | None, kind: str,
     ) -> None:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        url = url or os.environ.get("TASKQ_URL") or None
+        url = url or env_url()  # none: local mode
+        queue = queue or env_queue()  # like Client: TASKQ_QUEUE, else the default queue
         self.cluster: LocalCluster | None = None
         if url is None:
             self.cluster = LocalCluster(procs, queue=queue, max_tasks_per_child=max_tasks,
@@ -119,28 +125,12 @@ class Backend:
 
     # -- sending --------------------------------------------------------------------------
 
-    @staticmethod
-    def _registered(fn: Any) -> bool:
-        if isinstance(fn, str):
-            return True
-        name = getattr(fn, "__taskq_name__", None)
-        return isinstance(name, str) and registry.find_task(name) is not None
-
-    def _by_name(self, fn: Any, args: Sequence[Any], kwargs: dict[str, Any] | None,
-                 chunk: bool) -> bool:
-        return self._registered(fn) and (isinstance(fn, str) or _json_faithful(args, kwargs, chunk))
-
     def call(self, fn: Callable[..., Any] | str, args: Sequence[Any],
              kwargs: dict[str, Any]) -> Future[Any]:
         """``fn(*args, **kwargs)`` on a worker. An argument or function that cannot be
         pickled fails the returned Future (like the stdlib); a missing secret raises."""
         try:
-            if self._by_name(fn, args, kwargs, False):
-                msg = self.client._message(fn, args, kwargs, keep_result=False)
-            else:
-                assert not isinstance(fn, str)
-                msg = self.client.pickled_message(fn, signed.CALL, (tuple(args), kwargs),
-                                                  context=self.context, keep_result=False)
+            msg = self.client.message(fn, args, kwargs, context=self.context, options=_NO_RESULT)
         except TaskqError:
             raise
         except Exception as exc:
@@ -157,31 +147,24 @@ class Backend:
     def _chunk(self, fn: Callable[..., Any] | str, items: list[Any],
                star: bool) -> Iterator[tuple[int, Future[Any]]]:
         try:
-            calls = (items if star else [(x,) for x in items]) if self._registered(fn) else None
-            if calls is not None and self._by_name(fn, calls, None, True):
-                msg = self.client._message(fn, calls, None, chunk=True, keep_result=False)
-            else:
-                assert not isinstance(fn, str)
-                mode = signed.STARMAP if star else signed.MAP
-                msg = self.client.pickled_message(fn, mode, items, context=self.context,
-                                                  keep_result=False)
-                if len(msg.payload or b"") > _MAX_CHUNK_BYTES and len(items) > 1:
-                    half = len(items) // 2
-                    yield from self._chunk(fn, items[:half], star)
-                    yield from self._chunk(fn, items[half:], star)
-                    return
+            msg = self.client.message(fn, items, chunk=True, star=star, context=self.context,
+                                      options=_NO_RESULT)
         except TaskqError:
             raise
         except Exception as exc:
             yield len(items), _failed(exc)
+            return
+        if len(msg.payload or b"") > _MAX_CHUNK_BYTES and len(items) > 1:
+            half = len(items) // 2
+            yield from self._chunk(fn, items[:half], star)
+            yield from self._chunk(fn, items[half:], star)
             return
         fut = self.client.submit_message(msg)
         sent, n, chunker = time.monotonic(), len(items), self.chunker(fn)
 
         def measure(f: Future[Any]) -> None:
             if not f.cancelled() and f.exception() is None:
-                chunker.observe(n, getattr(f.result(), "duration", None),
-                                     time.monotonic() - sent)
+                chunker.observe(n, f.result().duration, time.monotonic() - sent)
 
         fut.add_done_callback(measure)
         yield n, self._track(fut)
@@ -250,25 +233,3 @@ def _failed(exc: BaseException) -> Future[Any]:
     fut: Future[Any] = Future()
     fut.set_exception(exc)
     return fut
-
-
-def chunk_items(result: Any) -> Iterator[tuple[bool, Any]]:
-    """A chunk Future's result (pickled ChunkResult or JSON pairs) as (ok, value or exception)."""
-    if isinstance(result, signed.ChunkResult):
-        if not result.errors:
-            for v in result.values:
-                yield True, v
-        else:
-            yield from result
-        return
-    for ok, value in result:
-        yield (True, value) if ok else (False, task_error(*value))
-
-
-def chunk_values(result: Any) -> list[Any] | None:
-    """The values of an error-free pickled chunk (fast path), else None."""
-    if isinstance(result, signed.ChunkResult) and not result.errors:
-        return result.values
-    return None
-
-

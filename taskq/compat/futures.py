@@ -16,8 +16,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from taskq.client.client import Client
-from taskq.compat.backend import Backend, ChunkSize, chunk_items, chunk_values
-from taskq.config import DEFAULT_QUEUE
+from taskq.compat.backend import Backend, ChunkSize
 from taskq.local import lifetime
 
 
@@ -26,12 +25,13 @@ class Executor(cf.Executor):
 
     ``url`` may also be given as the first argument's integer ``max_workers`` (so
     ``ProcessPoolExecutor(4)`` ports unchanged). ``max_workers`` is the local node's
-    process count (local mode) or a chunk-sizing hint (remote mode).
+    process count (local mode) or a chunk-sizing hint (remote mode). ``queue`` defaults
+    to ``TASKQ_QUEUE`` (else ``default``), as for a Client.
     """
 
     def __init__(
         self, url: str | int | None = None, *, max_workers: int | None = None,
-        queue: str = DEFAULT_QUEUE, initializer: Callable[..., object] | None = None,
+        queue: str | None = None, initializer: Callable[..., object] | None = None,
         initargs: Sequence[Any] = (), max_tasks_per_child: int | None = None,
         secret: bytes | str | None = None, mp_context: object = None,
     ) -> None:
@@ -93,21 +93,15 @@ class Executor(cf.Executor):
 
 
 def _ordered(sent: list[Future[Any]], end: float | None) -> Iterator[Any]:
-    """Values of the chunk Futures in order; remaining Futures are cancelled on exit."""
+    """Values of the chunk Futures in order (each a ChunkResult), raising at the first
+    failed item; remaining Futures are cancelled on exit."""
     sent.reverse()
     try:
         while sent:
             left = None if end is None else end - time.monotonic()
             result = sent[-1].result(left)
             sent.pop()
-            values = chunk_values(result)
-            if values is not None:
-                yield from values
-                continue
-            for ok, value in chunk_items(result):
-                if not ok:
-                    raise value
-                yield value
+            yield from result
     finally:
         for fut in sent:
             fut.cancel()

@@ -16,14 +16,14 @@ import queue as queue_mod
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures as cf
 from concurrent.futures import Future
 from typing import Any
 
-from taskq.compat.backend import Backend, ChunkSize, chunk_items, chunk_values
-from taskq.config import DEFAULT_QUEUE
+from taskq.compat.backend import Backend, ChunkSize
 from taskq.errors import TaskqError
+from taskq.message import ChunkResult
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 Callback = Callable[[Any], object] | None
@@ -97,15 +97,12 @@ class MapResult(AsyncResult):
         if fut.cancelled() or fut.exception() is not None:
             self._set(False, fut.exception() or TaskqError("a chunk was cancelled"))
             return
-        result = fut.result()
-        values = chunk_values(result)
-        if values is None:
-            values = []
-            for ok, value in chunk_items(result):
-                if not ok:
-                    self._set(False, value)
-                    return
-                values.append(value)
+        result: ChunkResult = fut.result()
+        error = result.first_error()
+        if error is not None:
+            self._set(False, error)
+            return
+        values = result.values
         with self._lock:
             self._values[start:start + len(values)] = values
             self._left -= len(values)
@@ -129,7 +126,8 @@ class IMapIterator:
         self._window = window or max(4, 2 * backend.procs)
         self._in_flight: deque[Future[Any]] = deque()
         self._done: queue_mod.SimpleQueue[Future[Any]] = queue_mod.SimpleQueue()
-        self._current: Iterator[tuple[bool, Any]] = iter(())
+        self._current: ChunkResult | None = None  # the chunk being read, and where
+        self._index = 0
         self._input_error: BaseException | None = None
         self._exhausted = False
         self._lock = threading.Lock()
@@ -161,15 +159,13 @@ class IMapIterator:
     def next(self, timeout: float | None = None) -> Any:
         with self._lock:
             while True:
-                for ok, value in self._current:
-                    if ok:
-                        return value
-                    raise value
+                current, i = self._current, self._index
+                if current is not None and i < len(current):
+                    self._index = i + 1
+                    return current.item(i)  # a failed item raises; the next one goes on
                 fut = self._next_chunk(timeout)
-                try:
-                    self._current = chunk_items(fut.result())
-                except BaseException as exc:  # the whole chunk failed
-                    self._current = iter([(False, exc)])
+                self._current, self._index = None, 0
+                self._current = fut.result()  # raises if the whole chunk failed
 
     __next__ = next
 
@@ -209,12 +205,13 @@ def _wait(fut: Future[Any], timeout: float | None) -> bool:
 class Pool:
     """``multiprocessing.Pool`` over taskq. With no ``url`` (nor ``TASKQ_URL``) it runs a
     local node with ``processes`` processes; with one, the queue's worker nodes do the
-    work. ``initializer(*initargs)`` runs once per process that runs this Pool's tasks."""
+    work (on ``queue``, by default ``TASKQ_QUEUE`` or ``default``, as for a Client).
+    ``initializer(*initargs)`` runs once per process that runs this Pool's tasks."""
 
     def __init__(
         self, processes: int | None = None, initializer: Callable[..., object] | None = None,
         initargs: Sequence[Any] = (), maxtasksperchild: int | None = None, context: object = None,
-        *, url: str | None = None, queue: str = DEFAULT_QUEUE, secret: bytes | str | None = None,
+        *, url: str | None = None, queue: str | None = None, secret: bytes | str | None = None,
     ) -> None:
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")

@@ -4,6 +4,12 @@ The node parent hands each pool process raw entry bytes and gets back a ready
 :class:`~taskq.message.Report`, so decoding, user code and result encoding all happen in
 the children, in parallel, and the parent's per-task work stays a few dictionary
 operations. The parent itself only calls :func:`run_lost`, for a task whose process died.
+
+One rule for every task however it travelled (by name, or as a signed pickle whose
+envelope names its registered task, if it is one): the time limit is the envelope's
+``to``, else the registered task's; the retry policy is the registered task's (none for
+an unregistered callable); in a chunk each item succeeds or fails on its own (an
+Exception or SystemExit fails just that item, the time limit applies per item).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from taskq.message import (
     dead_letter,
     decode,
     describe_exception,
+    encode_chunk,
     encode_error,
     encode_ok,
     routing_of,
@@ -60,34 +67,36 @@ def run_entry(entry: Entry) -> Report:
     except MessageError as exc:
         return dead_letter(entry, f"malformed message: {exc}")
     if msg.payload is not None:
-        return _run_pickled(msg)
+        return _run_pickled(msg, entry)
     try:
         spec = registry.get_task(msg.task)
     except UnknownTaskError as exc:
         return dead_letter(entry, str(exc))
-    timeout = msg.timeout if msg.timeout is not None else spec.timeout
+    limit = msg.timeout if msg.timeout is not None else spec.timeout
     try:
         if msg.chunk:
-            return _run_chunk(msg, spec, timeout)
+            return _run_chunk(msg, spec, limit)
         try:
-            arm_timeout(timeout)
+            arm_timeout(limit)
             value = spec.fn(*msg.args, **msg.kwargs)
         finally:
             arm_timeout(None)
     except (Exception, SystemExit) as exc:  # a task calling sys.exit() fails, not the process
-        return _retry_or_fail(msg, spec, entry, exc, describe_exception(exc))
+        return _retry(msg, spec, entry, exc) or Report(
+            "fail", _routing(msg), encode_error(msg.id, describe_exception(exc)))
     finally:
         registry.run_after_task_hooks()
     return _encode_value(msg, value)
 
 
-def _retry_or_fail(msg: TaskMessage, spec: registry.TaskSpec, entry: Entry,
-                   exc: BaseException, error: ErrorTriple) -> Report:
+def _retry(msg: TaskMessage, spec: registry.TaskSpec, entry: Entry,
+           exc: BaseException) -> Report | None:
+    """The retry report if the task's policy retries ``exc`` at this attempt, else None."""
     if entry.attempt <= spec.retries and isinstance(exc, spec.retry_on):
         due_ms = int((time.time() + spec.retry_delay(entry.attempt, random.random())) * 1000)
         return Report("retry", _routing(msg), b"", entry.packed(entry.attempt + 1),
                       str(due_ms).encode())
-    return Report("fail", _routing(msg), encode_error(msg.id, error))
+    return None
 
 
 def run_lost(entry: Entry, error: ErrorTriple, secret: bytes | None) -> Report:
@@ -96,18 +105,20 @@ def run_lost(entry: Entry, error: ErrorTriple, secret: bytes | None) -> Report:
 
     The task's own retry policy applies, as to any error it raised: with ``retries`` and a
     matching ``retry_on`` it is retried with backoff, else it fails. The parent only reads
-    the envelope and the registry (it runs no user code); anything it cannot decode, and
-    signed pickled payloads, fail.
+    the envelope and the registry (it runs no user code, and never loads a pickle): a
+    signed pickled task is retried by the policy of the registered task its envelope
+    names, if this node knows it. Chunks, unknown tasks and undecodable entries fail.
     """
     try:
         msg = decode(entry.body, entry.signature, secret)
-        spec = registry.find_task(msg.task) if msg.payload is None else None
+        spec = registry.find_task(msg.task)
     except TaskqError:
         msg, spec = None, None
     if msg is None or spec is None or msg.chunk:
         routing = routing_of(entry.body)
         return Report("fail", routing, encode_error(routing.task_id if routing else "?", error))
-    return _retry_or_fail(msg, spec, entry, task_error(*error), error)
+    return _retry(msg, spec, entry, task_error(*error)) or Report(
+        "fail", _routing(msg), encode_error(msg.id, error))
 
 
 def _encode_value(msg: TaskMessage, value: Any) -> Report:
@@ -118,29 +129,51 @@ def _encode_value(msg: TaskMessage, value: Any) -> Report:
         return Report("fail", _routing(msg), encode_error(msg.id, error))
 
 
-def _run_chunk(msg: TaskMessage, spec: registry.TaskSpec, timeout: float | None) -> Report:
-    """Many calls in one message: each item succeeds or fails on its own."""
-    items: list[Any] = []
-    for args in msg.args:
+def _run_chunk(msg: TaskMessage, spec: registry.TaskSpec, limit: float | None) -> Report:
+    """Many calls in one message: each item succeeds or fails on its own (an Exception
+    or SystemExit fails just that item); the time limit applies per item."""
+    fn, kwargs = spec.fn, msg.kwargs
+    values: list[Any] = []
+    errors: list[tuple[int, ErrorTriple]] = []
+    t0 = time.perf_counter()
+    for i, args in enumerate(msg.args):
         try:
-            arm_timeout(timeout)
-            items.append([1, spec.fn(*args, **msg.kwargs)])
-        except Exception as exc:
-            items.append([0, list(describe_exception(exc))])
+            if limit is not None:
+                arm_timeout(limit)
+            values.append(fn(*args, **kwargs))
+        except (Exception, SystemExit) as exc:
+            values.append(None)
+            errors.append((i, describe_exception(exc)))
         finally:
-            arm_timeout(None)
-    return _encode_value(msg, items)
+            if limit is not None:
+                arm_timeout(None)
+    try:
+        outcome = encode_chunk(msg.id, values, errors, time.perf_counter() - t0)
+    except TypeError as exc:
+        error = ("TypeError", f"result of {msg.task} is not JSON-serializable: {exc}", "")
+        return Report("fail", _routing(msg), encode_error(msg.id, error))
+    return Report("ok", _routing(msg), outcome)
 
 
-def _run_pickled(msg: TaskMessage) -> Report:
+def _run_pickled(msg: TaskMessage, entry: Entry) -> Report:
     if _secret is None:
         error = ("SignatureError", "this worker does not run pickled payloads", "")
         return Report("fail", _routing(msg), encode_error(msg.id, error))
     # Only reached once a payload's signature has verified: load the pickle machinery.
     from taskq.node import signed_runner
 
+    spec = registry.find_task(msg.task)  # a registered task travelling pickled, if known here
+    limit = msg.timeout if msg.timeout is not None else spec.timeout if spec else None
     try:
-        ok, blob = signed_runner.run(msg.id, msg.payload or b"", _secret)
+        ran = signed_runner.run(msg.id, msg.payload or b"", _secret, limit)
     except Exception as exc:
         return Report("fail", _routing(msg), encode_error(msg.id, describe_exception(exc)))
-    return Report("ok" if ok else "fail", _routing(msg), blob)
+    if ran.ok:
+        return Report("ok", _routing(msg), ran.outcome)
+    if ran.error is not None and not msg.chunk:
+        # Loading the function may have imported (and so registered) its task module.
+        spec = spec or registry.find_task(msg.task)
+        retry = _retry(msg, spec, entry, ran.error) if spec is not None else None
+        if retry is not None:
+            return retry
+    return Report("fail", _routing(msg), ran.outcome)

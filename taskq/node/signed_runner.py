@@ -9,6 +9,9 @@ module global is seen by that Pool's tasks, and two Pools' initializers never cl
 initializer runs in a process before its first task of that Pool (and again in a
 replacement process, or after ``maxtasksperchild`` tasks). Results go back pickled and
 signed (:func:`taskq.signed.result_signature`).
+
+What to do with a failure (retry or fail) is not decided here: :func:`run` hands the
+exception back to :mod:`taskq.node.runner`, which applies the one rule for every task.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import types
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from taskq import registry
 from taskq.errors import SignatureError
 from taskq.message import describe_exception
+from taskq.node.child import arm_timeout
 from taskq.signed import CALL, MAX_FUNCTIONS, PROTOCOL, STARMAP, VERSION, dumps, result_signature
 
 MAX_NAMESPACES = 32
@@ -119,10 +123,24 @@ def _namespace(name: str, init_blob: bytes | None, max_tasks: int | None) -> _Na
     return ns
 
 
-def _run_chunk(fn: Callable[..., Any], items: list[Any], star: bool) -> tuple[list[Any], dict[int, Any]]:
-    """Each item succeeds or fails on its own; the loop itself runs in C while none fails."""
+def _run_chunk(fn: Callable[..., Any], items: list[Any], star: bool,
+               limit: float | None) -> tuple[list[Any], dict[int, Any]]:
+    """Each item succeeds or fails on its own (an Exception or SystemExit fails just that
+    item). With no time limit the loop runs in C while none fails; with one, each item
+    is armed on its own (a slower Python loop, only then)."""
     values: list[Any] = []
     errors: dict[int, Any] = {}
+    if limit is not None:
+        for item in items:
+            try:
+                arm_timeout(limit)
+                values.append(fn(*item) if star else fn(item))
+            except (Exception, SystemExit) as exc:
+                errors[len(values)] = _pack_exception(exc)
+                values.append(None)
+            finally:
+                arm_timeout(None)
+        return values, errors
     it = iter(items)
     calls = itertools.starmap(fn, it) if star else map(fn, it)
     while True:
@@ -134,11 +152,30 @@ def _run_chunk(fn: Callable[..., Any], items: list[Any], star: bool) -> tuple[li
             values.append(None)
 
 
-def run(task_id: str, payload: bytes, secret: bytes | None) -> tuple[bool, bytes]:
-    """Run a verified payload; returns ``(ok, outcome JSON)`` with a signed pickled result."""
+class Ran(NamedTuple):
+    """What :func:`run` did: ``ok``, the outcome JSON (a signed pickled result) and, if
+    the call raised as a whole, its exception (for the runner's retry decision; None
+    when only the result could not be pickled). A chunk whose items failed is ok."""
+
+    ok: bool
+    outcome: bytes
+    error: BaseException | None
+
+
+def _call(fn: Callable[..., Any], args: Any, kwargs: Any, limit: float | None) -> Any:
+    try:
+        arm_timeout(limit)
+        return fn(*args, **kwargs)
+    finally:
+        arm_timeout(None)
+
+
+def run(task_id: str, payload: bytes, secret: bytes | None, limit: float | None = None) -> Ran:
+    """Run a verified payload under the time limit ``limit`` (seconds, per item for a
+    chunk); its outcome carries a signed pickled result."""
     t0 = time.perf_counter()
     result: tuple[str, Any, float]
-    ok = True
+    error: BaseException | None = None
     try:
         version, name, init_blob, fn_blob, mode, data_blob, opts = pickle.loads(payload)
         if version != VERSION:
@@ -147,21 +184,21 @@ def run(task_id: str, payload: bytes, secret: bytes | None) -> tuple[bool, bytes
         fn = ns.function(fn_blob)
         data = pickle.loads(data_blob)
         if mode == CALL:
-            args, kwargs = data
-            result = ("value", fn(*args, **kwargs), 0.0)
+            result = ("value", _call(fn, data[0], data[1], limit), 0.0)
         else:
-            result = ("chunk", _run_chunk(fn, data, mode == STARMAP), 0.0)
+            result = ("chunk", _run_chunk(fn, data, mode == STARMAP, limit), 0.0)
     except (Exception, SystemExit) as exc:
-        ok, result = False, ("error", _pack_exception(exc), 0.0)
+        error, result = exc, ("error", _pack_exception(exc), 0.0)
     finally:
         registry.run_after_task_hooks()
     result = (result[0], result[1], time.perf_counter() - t0)
+    ok = error is None
     try:
         try:  # the C pickler first: it refuses (not mis-pickles) what needs cloudpickle
             blob = pickle.dumps(result, PROTOCOL)
         except Exception:
             blob = dumps(result)
-    except Exception as exc:
+    except Exception as exc:  # the result cannot be pickled: a failure, but not a retry
         ok, result = False, ("error", _pack_exception(exc), result[2])
         blob = dumps(result)
     if secret is None:  # cannot happen: the payload was verified with it
@@ -172,4 +209,4 @@ def run(task_id: str, payload: bytes, secret: bytes | None) -> tuple[bool, bytes
     if not ok:
         _, type_name, message, tb = result[1]
         outcome["e"] = [type_name, message, tb]
-    return ok, orjson.dumps(outcome)
+    return Ran(ok, orjson.dumps(outcome), error)
