@@ -65,6 +65,25 @@ def recall(_: Any = None) -> Any:
     return _setting
 
 
+def remember_in_this_process(value: Any) -> None:
+    """An initializer that records which process ran it."""
+    global _setting
+    _setting = (value, os.getpid())
+
+
+def recall_with_pid(_: Any = None) -> tuple[Any, int]:
+    time.sleep(0.05)  # long enough that every process gets some of the tasks
+    return _setting, os.getpid()
+
+
+def _every_process_ran_the_initializer(results: list[tuple[Any, int]], procs: int) -> None:
+    """Each task saw the marker its own process's initializer set (an initializer run
+    once in a parent and inherited by forked children would show the parent's pid)."""
+    pids = {pid for _, pid in results}
+    assert len(pids) == procs  # really several processes
+    assert all(setting == ("ready", pid) for setting, pid in results), results
+
+
 def make_executor(kind: str, **kw: Any) -> cf.Executor:
     return cf.ProcessPoolExecutor(**kw) if kind == "stdlib" else taskq.Executor(**kw)
 
@@ -164,8 +183,10 @@ def test_cancel_a_pending_future_and_shutdown(kind: str) -> None:
 
 
 def test_executor_initializer_runs_in_every_process(kind: str) -> None:
-    with make_executor(kind, max_workers=2, initializer=remember, initargs=("ready",)) as ex:
-        assert set(ex.map(recall, range(8))) == {"ready"}
+    with make_executor(kind, max_workers=2, initializer=remember_in_this_process,
+                       initargs=("ready",)) as ex:
+        futures = [ex.submit(recall_with_pid) for _ in range(8)]
+        _every_process_ran_the_initializer([f.result(timeout=30) for f in futures], 2)
 
 
 # -- Pool -----------------------------------------------------------------------------------
@@ -265,6 +286,11 @@ def test_pool_initializer_sets_a_global_the_tasks_read(kind: str) -> None:
     with make_pool(kind, 2, initializer=remember, initargs=({"multiplier": 10},)) as p:
         assert p.map(recall, range(6)) == [{"multiplier": 10}] * 6
         assert p.apply(recall) == {"multiplier": 10}
+
+
+def test_pool_initializer_runs_in_every_process(kind: str) -> None:
+    with make_pool(kind, 2, initializer=remember_in_this_process, initargs=("ready",)) as p:
+        _every_process_ran_the_initializer(p.map(recall_with_pid, range(8), chunksize=1), 2)
 
 
 def test_maxtasksperchild_replaces_processes(kind: str) -> None:
