@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +24,7 @@ from taskq.broker import procs_serving
 from taskq.client.calls import CallOptions
 from taskq.client.client import Client
 from taskq.config import env_queue, env_url
+from taskq.cpus import available_cpus
 from taskq.errors import TaskqError, WorkerLostError
 from taskq.local.cluster import LocalCluster
 
@@ -121,7 +121,7 @@ class Backend:
             total = procs_serving(self.client.redis, self.client.queue)
         except Exception:
             total = 0
-        return total or os.cpu_count() or 1
+        return total or available_cpus()
 
     # -- sending --------------------------------------------------------------------------
 
