@@ -101,7 +101,11 @@ def test_live_dashboard_with_actions(browser: Any, redis_url: str, tmp_path: Pat
         page.evaluate("window.__noReload = 1")  # gone if the page ever reloads
 
         worker = start_worker(redis_url, tmp_path / "worker.log")
-        expect(page.locator("tr[data-node]")).to_have_count(1, timeout=WAIT)
+        try:
+            expect(page.locator("tr[data-node]")).to_have_count(1, timeout=WAIT)
+        except AssertionError:
+            raise AssertionError("no node appeared; worker log:\n"
+                                 + (tmp_path / "worker.log").read_text()[-2000:]) from None
         expect(cell(page, "default", "done")).to_have_text("20", timeout=WAIT)
         expect(cell(page, "default", "dead")).to_have_text("2", timeout=WAIT)
         enqueue(client, ["echo"] * 30)
