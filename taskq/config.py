@@ -3,7 +3,8 @@
 Every default is written once, as a field of :class:`Settings` (read back through
 :data:`DEFAULTS`, e.g. by the CLI's help texts). The ``TASKQ_*`` environment is read only
 here: :meth:`Settings.from_env` (``TASKQ_URL``, ``TASKQ_QUEUE``, ``TASKQ_PROCS``,
-``TASKQ_BATCH``, ``TASKQ_LEASE``, ``TASKQ_RESULT_TTL``, ``TASKQ_SECRET``) and the small
+``TASKQ_BATCH``, ``TASKQ_LEASE``, ``TASKQ_RESULT_TTL``, ``TASKQ_SECRET``, ``TASKQ_METRICS``)
+and the small
 readers below (:func:`env_url`, :func:`env_queue`, :func:`env_redis_server`) for the
 modules that need one variable. Explicit arguments and CLI options win over the env.
 Durations are float seconds here; they are converted at the Redis boundary.
@@ -88,6 +89,9 @@ class Settings:
     """Seconds past a task's time limit before its process is killed."""
     max_message_bytes: int = 16 * 1024 * 1024
     secret: bytes | None = None
+    metrics: tuple[str, int] | None = None
+    """(host, port) a node serves /metrics and /healthz on; None: off. ``--metrics
+    [HOST:]PORT`` / ``TASKQ_METRICS`` (see :func:`parse_metrics`); port 0 picks a free one."""
 
     def __post_init__(self) -> None:
         if self.procs < 1:
@@ -105,11 +109,14 @@ class Settings:
         for q in self.queues:
             validate_queue_name(q)
         validate_url(self.url)
+        if self.metrics is not None and not 0 <= self.metrics[1] <= 65535:
+            raise ConfigError(f"metrics port must be 0-65535, got {self.metrics[1]}")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """The field defaults, then ``TASKQ_*`` variables, then the non-None ``overrides``."""
         secret = _env("TASKQ_SECRET")
+        metrics = _env("TASKQ_METRICS")
         found: dict[str, Any] = {
             "url": env_url(),
             "queues": env_queues(),
@@ -118,6 +125,7 @@ class Settings:
             "lease": _env_number("TASKQ_LEASE", float),
             "result_ttl": _env_number("TASKQ_RESULT_TTL", float),
             "secret": secret.encode() if secret else None,
+            "metrics": parse_metrics(metrics, "TASKQ_METRICS") if metrics else None,
         }
         found.update((k, v) for k, v in overrides.items() if v is not None)  # None: not given
         return cls(**{k: v for k, v in found.items() if v is not None})
@@ -133,6 +141,20 @@ def validate_queue_name(name: str) -> str:
             f"invalid queue name {name!r}: use 1-100 characters without spaces, ':', '{{' or '}}'"
         )
     return name
+
+
+def parse_metrics(text: str, what: str = "--metrics") -> tuple[str, int]:
+    """``[HOST:]PORT`` as (host, port); a bare port binds 127.0.0.1, never every interface
+    (a metrics port open to the world by default is a complaint against other exporters)."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"  # [::1]:9808
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not host or not 0 <= number <= 65535:
+        raise ConfigError(f"{what}={text!r} is not [HOST:]PORT (e.g. 9808 or 0.0.0.0:9808)")
+    return host, number
 
 
 def validate_url(url: str) -> str:
