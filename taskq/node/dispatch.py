@@ -60,14 +60,17 @@ class Done:
 class Proc:
     """The parent's record of one pool process."""
 
-    __slots__ = ("alive", "broken", "conn", "held", "init_failed", "lock", "over", "pid", "pidfd",
-                 "proc", "reads", "ready", "retiring", "sent", "sentinel", "slot", "tasks_left",
-                 "unread", "wake")
+    __slots__ = ("alive", "broken", "conn", "done", "held", "index", "init_failed", "lock",
+                 "over", "pid", "pidfd", "proc", "reads", "ready", "retiring", "rss", "sent",
+                 "sentinel", "slot", "tasks_left", "unread", "wake")
 
     def __init__(self, proc: Any, conn: Connection, slot: Any, lock: Any,
-                 tasks_left: int | None) -> None:
+                 tasks_left: int | None, index: int = 0) -> None:
         self.proc, self.conn, self.slot, self.lock = proc, conn, slot, lock
         self.tasks_left = tasks_left
+        self.index = index  # its place in the pool: a replacement takes the same one
+        self.done = 0  # jobs it finished
+        self.rss = 0  # resident bytes when last looked at (to tell an OOM kill)
         self.pid: int = proc.pid
         self.sentinel: int = proc.sentinel
         self.pidfd: int | None = None

@@ -19,6 +19,11 @@ process is told to exit only while every sibling is up and initialized, so recyc
 takes more than one process's capacity at once. A process over its memory limit asks
 (``OVER``) and exits at once if it may, else works on until its turn; the first processes
 get staggered task budgets, so they do not all come due together.
+
+Each process has a slot number (a replacement takes its predecessor's); every exit is
+counted by reason and logged in one line where the death is handled
+(:mod:`taskq.node.exits`), and :meth:`SupervisedPool.processes` describes the processes
+for metrics and the heartbeat.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import contextlib
 import multiprocessing
 import os
 import pickle
-import signal
 import sys
 import time
 import weakref
@@ -40,8 +44,10 @@ from taskq.errors import ConfigError, TaskqError
 from taskq.message import ErrorTriple, describe_exception
 from taskq.node.child import ARM, EXIT, GO_ON, INF, INIT_FAIL, OVER, READY, RES, Runner, child_main
 from taskq.node.dispatch import Dispatcher, Done, ErrorInfo, Job, Proc
+from taskq.node.exits import EXIT_REASONS, ProcInfo, Slots, how_died, rss_of
 
-__all__ = ["Done", "ErrorInfo", "Job", "PoolInitError", "SupervisedPool"]
+__all__ = ["EXIT_REASONS", "Done", "ErrorInfo", "Job", "PoolInitError", "ProcInfo",
+           "SupervisedPool", "rss_of"]
 
 _CTX = multiprocessing.get_context("fork")
 _INIT_FAILURES = 3
@@ -58,16 +64,6 @@ _live_pools: weakref.WeakSet[SupervisedPool] = weakref.WeakSet()
 def _terminate_all() -> None:  # runs before multiprocessing's own atexit join
     for p in list(_live_pools):
         p.terminate()
-
-
-def _how_died(pid: int, code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = str(-code)
-        return f"pool process {pid} was killed by signal {name}"
-    return f"pool process {pid} exited with code {code}"
 
 
 class SupervisedPool:
@@ -91,6 +87,7 @@ class SupervisedPool:
         self._init_streak = 0
         self._init_error: str | None = None
         self._started = self._closing = False
+        self.slots = Slots(procs)
 
     # -- lifecycle
 
@@ -101,7 +98,7 @@ class SupervisedPool:
         _live_pools.add(self)
         n = self._max_tasks
         for i in range(self._size):  # staggered budgets: recycling comes due in turn
-            self._spawn(None if n is None else max(1, n - i * n // self._size))
+            self._spawn(i, None if n is None else max(1, n - i * n // self._size))
 
     def __enter__(self) -> SupervisedPool:
         self.start()
@@ -165,6 +162,15 @@ class SupervisedPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p.proc.is_alive()]
 
+    def processes(self) -> list[ProcInfo]:
+        """The live processes, by slot."""
+        return self.slots.describe(self._procs)
+
+    def sample_rss(self) -> None:
+        """Note each process's resident memory now (an OOM kill is told by it)."""
+        for p in self._procs:
+            p.rss = rss_of(p.pid)
+
     def poll(self, timeout: float | None, also_wait: Sequence[Any] = ()) -> list[Done]:
         """Wait up to ``timeout`` (None: until something happens); return finished jobs."""
         self._check_init()
@@ -188,7 +194,7 @@ class SupervisedPool:
 
     # -- internals
 
-    def _spawn(self, budget: int | None = None) -> None:
+    def _spawn(self, index: int, budget: int | None = None) -> None:
         conn, child_conn = _CTX.Pipe(duplex=True)
         slot = _CTX.RawArray("d", [-1.0, 0.0, INF, 0.0, 0.0])
         lock = _CTX.Lock()
@@ -199,7 +205,7 @@ class SupervisedPool:
                   self._max_memory, self._grace, os.getpid(), foreign))
         proc.start()
         child_conn.close()
-        p = Proc(proc, conn, slot, lock, budget or self._max_tasks)
+        p = Proc(proc, conn, slot, lock, budget or self._max_tasks, index)
         # A pidfd fires at exit even if a grandchild inherited proc.sentinel's pipe.
         with contextlib.suppress(AttributeError, OSError):
             p.pidfd = p.sentinel = os.pidfd_open(p.pid)
@@ -296,6 +302,7 @@ class SupervisedPool:
                     errs: list[tuple[int, ErrorTriple]], blob: bytes) -> None:
         p.acked(reads)
         n = len(seqs)
+        p.done += n
         try:
             vals = pickle.loads(blob)
         except Exception as exc:
@@ -321,8 +328,10 @@ class SupervisedPool:
         p.proc.join()  # dead or killed: the blocking waitpid returns at once
         self._read(p, sys.maxsize)  # results it sent before dying are real
         if not (p.ready or p.init_failed or self._closing):  # e.g. os._exit() in initializer
-            self._init_failure(f"{_how_died(p.pid, p.proc.exitcode)} during initialization")
+            self._init_failure(f"{how_died(p.pid, p.proc.exitcode)} during initialization")
         job = p.held.pop(int(p.slot[0]), None)
+        self.slots.exited(p, timed_out=timed_out, running=job is not None,
+                          closing=self._closing, max_memory=self._max_memory)
         if job is not None:
             elapsed = max(0.0, time.monotonic() - p.slot[1])
             if timed_out:
@@ -332,7 +341,7 @@ class SupervisedPool:
                                 "timeout")
             else:
                 err = ErrorInfo("WorkerLostError",
-                                f"{_how_died(p.pid, p.proc.exitcode)} while running the task",
+                                f"{how_died(p.pid, p.proc.exitcode)} while running the task",
                                 "", "lost")
             self._done.append(Done(job.key, None, err, elapsed))
         # unstarted: run elsewhere
@@ -343,7 +352,8 @@ class SupervisedPool:
         if p.pidfd is not None:
             os.close(p.pidfd)
         if not self._closing and self._init_error is None:
-            self._spawn()
+            self.slots.restarts[p.index] += 1
+            self._spawn(p.index)
 
     def _send(self, p: Proc, data: bytes) -> None:
         if p.broken:
