@@ -140,7 +140,8 @@ class Report(NamedTuple):
     ``kind`` is ok | fail | retry | dead; ``outcome`` the outcome JSON for the result key,
     the reply inbox and the batch (empty for a retry); for a retry ``packed`` is the entry
     to run again and ``extra`` its due time in ms; for a dead letter ``packed`` is the
-    entry and ``extra`` the reason.
+    entry and ``extra`` the reason. ``task`` names the task for the node's metrics: its
+    registered name, ``_pickled`` for a pickled callable, empty if unknown.
     """
 
     kind: str
@@ -148,6 +149,7 @@ class Report(NamedTuple):
     outcome: bytes
     packed: bytes = b""
     extra: bytes = b""
+    task: str = ""
 
 
 DEAD_LETTER_ERROR = "DeadLetteredError"

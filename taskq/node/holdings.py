@@ -22,10 +22,13 @@ import redis
 from taskq.broker import Broker
 from taskq.errors import BrokerError
 from taskq.message import Entry, Report, dead_letter
+from taskq.node.exits import describe
 
 log = logging.getLogger("taskq.node")
 
 JobKey = tuple[int, bytes]  # (queue index, entry id)
+OnReported = Callable[[int, Sequence[Report], int], None]
+"""Told after each completion call: (queue index, its reports, how many were suppressed)."""
 
 SUSPECT_DELIVERIES = 3
 """A reclaimed entry delivered this often already lost two nodes: it may be poison, so a
@@ -35,9 +38,11 @@ node holds at most one such suspect at a time and reclaims nothing else meanwhil
 class Holdings:
     """Held entries, unreported outcomes and suspects of one node, over its brokers."""
 
-    def __init__(self, brokers: Sequence[Broker], node_id: str) -> None:
+    def __init__(self, brokers: Sequence[Broker], node_id: str,
+                 on_reported: OnReported | None = None) -> None:
         self.brokers = brokers
         self.node_id = node_id
+        self.on_reported = on_reported
         self.held: dict[JobKey, Entry] = {}
         self.unreported: list[tuple[int, bytes, Report]] = []  # (queue index, entry id, report)
         self.suspects: set[JobKey] = set()
@@ -62,8 +67,11 @@ class Holdings:
     def dead(self, qi: int, entry: Entry, reason: str) -> None:
         """Dead-letter a held entry: never run, reported with its reason."""
         self.held.pop((qi, entry.entry_id), None)
-        self.record(qi, entry.entry_id, dead_letter(entry, reason))
-        log.warning("dead-lettered entry %s: %s", entry.entry_id.decode(), reason)
+        report = dead_letter(entry, reason)
+        self.record(qi, entry.entry_id, report)
+        task_id = report.routing.task_id if report.routing else "?"
+        log.warning("task %s (entry %s) dead-lettered: %s", task_id, entry.entry_id.decode(),
+                    reason, extra={"task_id": task_id, "event": "dead-lettered"})
 
     # -- Redis ------------------------------------------------------------------------
 
@@ -75,10 +83,14 @@ class Holdings:
         for qi, entry_id, report in self.unreported:
             by_queue.setdefault(qi, []).append((entry_id, report))
         for qi, reports in by_queue.items():
-            _, suppressed = self.brokers[qi].complete(self.node_id, reports, result_ttl)
+            broker = self.brokers[qi]
+            _, suppressed = broker.complete(self.node_id, reports, result_ttl)
             if suppressed:
-                log.warning("%d late report(s) suppressed: their lease had passed to another node",
-                            suppressed)
+                log.warning("lease lost: %d late report(s) from %s suppressed, their lease had "
+                            "passed to another node", suppressed, broker.queue,
+                            extra={"queue": broker.queue, "suppressed": suppressed})
+            if self.on_reported is not None:
+                self.on_reported(qi, [r for _, r in reports], suppressed)
             self.unreported = [u for u in self.unreported if u[0] != qi]
 
     def renew(self) -> None:
@@ -159,3 +171,10 @@ def _best_effort(fn: Callable[..., object], *args: Any) -> None:
     except (redis.RedisError, BrokerError) as exc:
         log.warning("could not reach Redis during shutdown (%s); the lease will return "
                     "these tasks to the queue", exc)
+
+
+def log_task(entry: Entry, what: str, why: str) -> None:
+    """One WARNING line about one task: its id and name, what happened and why."""
+    name, task_id = describe(entry)
+    log.warning("task %s (%s) %s: %s", task_id, name, what, why,
+                extra={"task_id": task_id, "task": name, "event": what})

@@ -15,6 +15,10 @@ entries whose lease expired on other nodes (reclaim.lua), promotes due retries
 finished outcomes are kept and reported once it is back; nothing is acknowledged before
 its outcome is recorded (:mod:`.holdings`).
 
+With ``settings.metrics`` it counts what it does (:mod:`.metrics`, plain ints on the hot
+path) and serves ``/metrics`` and ``/healthz`` from a process of its own (:mod:`.health`);
+its heartbeat always carries the pool's process table (:func:`.exits.procs_table`).
+
 The loop is public in pieces, so it runs in process too (tests on fakeredis):
 ``Node(settings, client=..., claim=...)`` takes its connections, and
 ``start()`` / ``step()`` / ``finished()`` / ``stop()`` (or ``with node:``) are what
@@ -40,10 +44,11 @@ from taskq.broker.claim import Claim, Claimer, SyncClaim
 from taskq.config import Settings
 from taskq.message import Entry, Report
 from taskq.node import runner
-from taskq.node.holdings import Holdings
+from taskq.node.holdings import Holdings, log_task
 from taskq.node.outage import DOWN, Backoff, outage
 from taskq.node.pool import Done, Job, SupervisedPool
 from taskq.node.schedule import Schedule
+from taskq.node.telemetry import Telemetry
 
 log = logging.getLogger("taskq.node")
 
@@ -101,7 +106,10 @@ class Node:
         )
         self.schedule = Schedule()
         self.processed = self.failed = 0
-        self._holdings = Holdings(self.brokers, self.node_id)
+        self.telemetry = Telemetry(settings.queues, settings.metrics)
+        self.metrics = self.telemetry.metrics  # None unless settings.metrics
+        self._holdings = Holdings(self.brokers, self.node_id, self.telemetry.on_reported)
+        self.telemetry.attach(self._holdings, self.pool)
         self._stopping = _RUNNING
         self._claim_empty = False
         self._backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
@@ -161,8 +169,9 @@ class Node:
         return 0
 
     def start(self) -> None:
-        """Create the queues' groups and start the pool."""
+        """Create the queues' groups, start the metrics server (if asked) and the pool."""
         self._setup()
+        self.telemetry.serve(self.settings.lease)  # before the pool: it holds none of its pipes
         self.pool.start()
         log.info("node %s serving %s with %d processes", self.node_id,
                  ",".join(self.settings.queues), self.settings.procs)
@@ -182,6 +191,7 @@ class Node:
             return
         self._closed = True
         self.pool.terminate()
+        self.telemetry.close()
         self.claim.close()
         remove_node(self.client, self.node_id)
         os.close(self._wake_r)
@@ -227,9 +237,10 @@ class Node:
             self._draining = True
             self._begin_drain()
         now = time.monotonic()
+        self.telemetry.beat(now)
         if not self._backoff.waiting(now):
             self._guarded(self._talk, now)
-        waitables: list[Any] = [self._wake_r]
+        waitables: list[Any] = [self._wake_r, *self.telemetry.waitables()]
         if self.claim.outstanding:
             claim_waitable = self.claim.waitable()
             if claim_waitable is None:  # nothing to wait on: its answer is in now
@@ -245,6 +256,7 @@ class Node:
             self._finish(done)
         if self.claim.outstanding:
             self._guarded(self._poll_claim)
+        self.telemetry.answer()
 
     def _talk(self, now: float) -> None:
         if self._backoff.after_outage:
@@ -252,16 +264,26 @@ class Node:
             # back and renew theirs before taking anything as expired.
             self.schedule.not_before("reclaim", now + self.settings.lease / 2 + BACKOFF_MAX)
         self._housekeeping(now)
-        self._holdings.flush(self.settings.result_ttl)
+        self.telemetry.call("complete", self._holdings.flush, self.settings.result_ttl)
         self._maybe_claim()
-        self._backoff.succeeded()
+        away = self._backoff.succeeded(now)
+        if away is not None:
+            log.info("Redis is back after %.1f s", away, extra={"outage_seconds": round(away, 3)})
 
     def _poll_claim(self) -> None:
-        if self.claim.ready():  # raises too if the server hung up
-            got = self.claim.read()
-            self._claim_empty = not got
-            for qi, entries in got.items():
-                self._accept(qi, entries)
+        got = self.telemetry.call("claim", self._read_claim)
+        if got is None:
+            return
+        self._claim_empty = not got
+        m = self.metrics
+        for qi, entries in got.items():
+            if m is not None:
+                m.claimed_entries(qi, [e.entry_id for e in entries])
+            self._accept(qi, entries)
+
+    def _read_claim(self) -> dict[int, list[Entry]] | None:
+        """The claim's answer if it is in (ready() raises too if the server hung up)."""
+        return self.claim.read() if self.claim.ready() else None
 
     def _guarded(self, fn: Callable[..., object], *args: Any) -> None:
         """Run one exchange with Redis; an outage backs off, a vanished stream is recreated."""
@@ -291,8 +313,10 @@ class Node:
         return max(0.0, min(next_due - now, CLAIM_BLOCK))
 
     def _redis_down(self, exc: Exception) -> None:
+        first = self._backoff.down_since is None  # one line when it goes, one when it is back
         delay = self._backoff.failed(time.monotonic())
-        log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "Redis unavailable (%s); retrying in %.1f s", exc, delay)
         self.claim.drop()
         self.schedule.make_due("renew")  # first thing once it is back: keep what we hold
 
@@ -325,7 +349,7 @@ class Node:
     # -- outcomes ---------------------------------------------------------------------
 
     def _finish(self, done: Sequence[Done]) -> None:
-        holdings = self._holdings
+        holdings, m = self._holdings, self.metrics
         for d in done:
             qi, entry_id = d.key
             entry = holdings.release(d.key)
@@ -339,28 +363,36 @@ class Node:
             else:  # its process died, or was killed at the hard time limit
                 error = (d.error.type_name, d.error.message, d.error.traceback)
                 report = runner.run_lost(entry, error, self.settings.secret)
+                log_task(entry, "hard-killed at its time limit" if d.error.cause == "timeout"
+                         else "lost", d.error.message)
+            if report.kind == "dead":  # rejected in the pool process (e.g. a bad signature)
+                log_task(entry, "dead-lettered", report.extra.decode(errors="replace"))
+            if m is not None:
+                m.finished(qi, report.task, d.duration)
             self.processed += 1
             self.failed += report.kind != "ok"
             holdings.record(qi, entry_id, report)
         if not self._backoff.waiting(time.monotonic()):
-            self._guarded(holdings.flush, self.settings.result_ttl)
+            self._guarded(self.telemetry.call, "complete", holdings.flush,
+                          self.settings.result_ttl)
 
     # -- periodic work ----------------------------------------------------------------
 
     def _housekeeping(self, now: float) -> None:
-        lease, schedule = self.settings.lease, self.schedule
+        lease, schedule, call = self.settings.lease, self.schedule, self.telemetry.call
         if schedule.is_due("renew", now):
-            self._holdings.renew()
+            call("renew", self._holdings.renew)
+            self.telemetry.renewed()
             schedule.set("renew", now + lease / 3)
         if schedule.is_due("reclaim", now):
-            more = not self._stopping and self._reclaim()
+            more = not self._stopping and call("reclaim", self._reclaim)
             schedule.set("reclaim", now + (0.05 if more else lease / 2))
         if schedule.is_due("promote", now):
             for broker in self.brokers:
-                broker.promote()
+                call("promote", broker.promote)
             schedule.set("promote", now + PROMOTE_EVERY)
         if schedule.is_due("heartbeat", now):
-            self._heartbeat()
+            call("heartbeat", self._heartbeat)
             schedule.set("heartbeat", now + HEARTBEAT_EVERY)
 
     def _reclaim(self) -> bool:
@@ -369,6 +401,8 @@ class Node:
         runnable, full = self._holdings.reclaim(self.settings.lease, room,
                                                 self.settings.max_deliveries)
         for qi, entries in runnable:
+            if self.metrics is not None:
+                self.metrics.reclaimed += len(entries)
             self._accept(qi, entries)
         return full and self._room() > 0  # never hoard more than the pool can start
 
@@ -377,6 +411,7 @@ class Node:
             "host": socket.gethostname(), "pid": os.getpid(), "procs": self.settings.procs,
             "queues": ",".join(self.settings.queues), "processed": self.processed,
             "failed": self.failed, "in_flight": len(self._holdings.held),
+            **self.telemetry.heartbeat_fields(self.client, self.pool),
         }, ttl=HEARTBEAT_EVERY * 6)
 
     # -- shutdown ---------------------------------------------------------------------

@@ -41,9 +41,13 @@ class Backoff:
         self.low, self.high = low, high
         self.delay = low
         self.until = 0.0
+        self.down_since: float | None = None
+        """When the first failed attempt of the current outage was (None: no outage)."""
 
     def failed(self, now: float) -> float:
         """Redis is away: wait the current delay before the next attempt (returned)."""
+        if self.down_since is None:
+            self.down_since = now
         delay = self.delay
         self.until = now + delay
         self.delay = min(delay * 2, self.high)
@@ -57,5 +61,8 @@ class Backoff:
         """Has an attempt failed since the last :meth:`succeeded`?"""
         return self.delay > self.low
 
-    def succeeded(self) -> None:
+    def succeeded(self, now: float | None = None) -> float | None:
+        """An attempt worked: how long Redis was away, if it just came back (else None)."""
         self.delay = self.low
+        since, self.down_since = self.down_since, None
+        return None if since is None or now is None else now - since

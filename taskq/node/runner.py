@@ -59,13 +59,26 @@ def _routing(msg: TaskMessage) -> Routing:
 
 
 def run_entry(entry: Entry) -> Report:
-    """The pool's runner: one stream entry in, one report out. Never raises."""
+    """The pool's runner: one stream entry in, one report out (naming its task, for the
+    node's metrics). Never raises."""
     try:
         msg = decode(entry.body, entry.signature, _secret)
     except SignatureError as exc:
         return dead_letter(entry, f"untrusted payload: {exc}")
     except MessageError as exc:
         return dead_letter(entry, f"malformed message: {exc}")
+    return _run_msg(msg, entry)._replace(task=task_label(msg))
+
+
+def task_label(msg: TaskMessage) -> str:
+    """The task's registered name; ``_pickled`` for an unregistered pickled callable and
+    "" for an unknown name (neither is a bounded set of names)."""
+    if registry.find_task(msg.task) is not None:
+        return msg.task
+    return "_pickled" if msg.payload is not None else ""
+
+
+def _run_msg(msg: TaskMessage, entry: Entry) -> Report:
     if msg.payload is not None:
         return _run_pickled(msg, entry)
     try:
@@ -116,9 +129,10 @@ def run_lost(entry: Entry, error: ErrorTriple, secret: bytes | None) -> Report:
         msg, spec = None, None
     if msg is None or spec is None or msg.chunk:
         routing = routing_of(entry.body)
-        return Report("fail", routing, encode_error(routing.task_id if routing else "?", error))
-    return _retry(msg, spec, entry, task_error(*error)) or Report(
-        "fail", _routing(msg), encode_error(msg.id, error))
+        return Report("fail", routing, encode_error(routing.task_id if routing else "?", error),
+                      task="" if msg is None else task_label(msg))
+    return (_retry(msg, spec, entry, task_error(*error)) or Report(
+        "fail", _routing(msg), encode_error(msg.id, error)))._replace(task=msg.task)
 
 
 def _encode_value(msg: TaskMessage, value: Any) -> Report:
