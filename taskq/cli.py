@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-import logging
 import os
 import sys
 import time
@@ -21,9 +20,9 @@ import click
 import redis
 
 from taskq import registry
-from taskq.broker import Broker, all_queues, connect, live_nodes, unreachable
+from taskq.broker import Broker, connect, unreachable
 from taskq.client import Client
-from taskq.config import DEFAULTS, Settings
+from taskq.config import DEFAULTS, Settings, parse_metrics
 from taskq.errors import BrokerError, ConfigError, TaskError, TaskqError, UnknownTaskError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -253,20 +252,27 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 @click.option("--hard-timeout-grace", type=float, default=None,
               help=f"Seconds past a task's time limit before its process is killed "
                    f"(default {_default('hard_timeout_grace')}).")
+@click.option("--metrics", default=None, metavar="[HOST:]PORT",
+              help="Serve Prometheus /metrics and /healthz (a bare port binds 127.0.0.1; "
+                   "env TASKQ_METRICS; default off).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"], case_sensitive=False),
+              help="json: one JSON object per line (ts, level, logger, message, fields).")
 @click.pass_context
 @friendly_errors
 def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim_size: int | None,
            imports: tuple[str, ...], init: str | None, init_args: str | None, burst: bool,
            lease: float | None, max_tasks_per_child: int | None,
            max_memory_per_child: float | None, shutdown_timeout: float | None,
-           max_deliveries: int | None, hard_timeout_grace: float | None, log_level: str) -> None:
+           max_deliveries: int | None, hard_timeout_grace: float | None, metrics: str | None,
+           log_level: str, log_format: str) -> None:
     """Run a worker node until SIGTERM/SIGINT (a second signal stops at once)."""
+    from taskq.node.logs import configure
     from taskq.node.node import Node
 
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(log_level, log_format.lower())
     import_modules(imports)
     parsed_args: list[Any] = []
     if init_args is not None:
@@ -283,13 +289,26 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim
         max_tasks_per_child=max_tasks_per_child, shutdown_timeout=shutdown_timeout,
         max_deliveries=max_deliveries, hard_timeout_grace=hard_timeout_grace,
         max_memory_per_child=int(max_memory_per_child * 1024 * 1024) if max_memory_per_child else None,
+        metrics=parse_metrics(metrics) if metrics else None,
     )
     node = Node(settings, imports=imports, init=init, init_args=parsed_args, burst=burst)
     try:
         node.client.ping()
     except redis.RedisError as exc:
         raise unreachable(settings.url, exc) from None
-    sys.exit(node.run())
+    try:
+        code = node.run()
+    except OSError as exc:  # the metrics port: in use, or a host that is not ours
+        if settings.metrics is None or node.telemetry.health is not None:
+            raise
+        raise ConfigError(f"cannot serve metrics on {_hostport(settings.metrics)}: "
+                          f"{exc.strerror or exc}") from None
+    sys.exit(code)
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # -- inspection ------------------------------------------------------------------------
@@ -322,27 +341,33 @@ def result(ctx: click.Context, id: str, queue: str | None) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+@click.option("--interval", type=float, default=1.0, show_default=True,
+              help="Seconds between the two samples the rates come from (0: no rates).")
 @click.pass_context
 @friendly_errors
-def info(ctx: click.Context) -> None:
-    """Each queue's depth, in-flight, done/failed counts, and the live nodes."""
+def info(ctx: click.Context, as_json: bool, interval: float) -> None:
+    """Each queue's numbers, oldest waiting task and rates; live nodes and their processes."""
+    from taskq.broker import snapshot
+    from taskq.info import as_json as info_json
+    from taskq.info import as_text, rates_between
+
+    if interval < 0:
+        raise ConfigError("--interval must be >= 0")
     settings = _settings(ctx)
     client = connect(settings.url, socket_connect_timeout=5.0, socket_timeout=10.0)
     try:
-        queues = all_queues(client)
-        nodes = live_nodes(client)
+        first = snapshot.take(client)
+        if interval:
+            time.sleep(interval)  # rates need two samples; nothing to wait on but time
+            snap = snapshot.take(client)
+        else:
+            snap = first
     except redis.RedisError as exc:
         raise unreachable(settings.url, exc) from None
-    header = f"{'queue':<20}{'queued':>10}{'in-flight':>11}{'delayed':>9}{'done':>10}{'failed':>9}{'dead':>7}"
-    click.echo(header)
-    for q in queues:
-        s = Broker(client, q).info()
-        click.echo(f"{q:<20}{s['queued']:>10}{s['in_flight']:>11}{s['delayed']:>9}"
-                   f"{s['done']:>10}{s['failed']:>9}{s['dead']:>7}")
-    click.echo(f"\n{len(nodes)} live node(s)")
-    for n in nodes:
-        click.echo(f"  {n.get('id')}  procs={n.get('procs')} queues={n.get('queues')} "
-                   f"processed={n.get('processed')} failed={n.get('failed')} in-flight={n.get('in_flight')}")
+    rates = rates_between(first, snap) if interval else {}
+    click.echo(json.dumps(info_json(snap, rates), sort_keys=True) if as_json
+               else as_text(snap, rates))
 
 
 @cli.group()
