@@ -403,8 +403,9 @@ class Bench:
         return env
 
     def worker_cmd(self, url: str, queue: str) -> list[str]:
+        metrics = ["--metrics", "127.0.0.1:0"] if self.opts.metrics else []  # any free port
         return [sys.executable, "-m", "taskq", "--url", url, "worker", "--procs", str(self.nprocs),
-                "--queue", queue, "--log-level", "warning"]
+                "--queue", queue, "--log-level", "warning", *metrics]
 
     def start_worker(self, queue: str, url: str | None = None,
                      prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
@@ -1098,6 +1099,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-f-proxy", action="store_true",
                    help="without netem, print F as n/a instead of using the delay proxy")
     p.add_argument("--json", metavar="PATH", help="also write every sample to PATH")
+    p.add_argument("--metrics", action="store_true",
+                   help="start taskq workers with --metrics (to measure its cost on the hot path)")
     opts = p.parse_args(argv)
     selected = [w.strip() for w in opts.only.split(",") if w.strip()]
     bad = [w for w in selected if w not in ALL]
