@@ -27,8 +27,9 @@ from taskq.node.exits import describe
 log = logging.getLogger("taskq.node")
 
 JobKey = tuple[int, bytes]  # (queue index, entry id)
-OnReported = Callable[[int, Sequence[Report], int], None]
-"""Told after each completion call: (queue index, its reports, how many were suppressed)."""
+OnReported = Callable[[int, Sequence[tuple[bytes, Report]], int], None]
+"""Told after each completion call: (queue index, its (entry id, report) pairs, how many
+were suppressed)."""
 
 SUSPECT_DELIVERIES = 3
 """A reclaimed entry delivered this often already lost two nodes: it may be poison, so a
@@ -90,7 +91,7 @@ class Holdings:
                             "passed to another node", suppressed, broker.queue,
                             extra={"queue": broker.queue, "suppressed": suppressed})
             if self.on_reported is not None:
-                self.on_reported(qi, [r for _, r in reports], suppressed)
+                self.on_reported(qi, reports, suppressed)
             self.unreported = [u for u in self.unreported if u[0] != qi]
 
     def renew(self) -> None:

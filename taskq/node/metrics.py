@@ -29,7 +29,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from taskq.message import Report
+from taskq.message import Entry, Report
 from taskq.node.exits import EXIT_REASONS, rss_of
 from taskq.node.holdings import Holdings
 from taskq.node.pool import SupervisedPool
@@ -52,10 +52,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Hist:
     """A histogram as plain numbers: per-bucket counts (not cumulative) and the sum."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "counts", "ms", "total")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = bounds
+        self.ms = [b * 1000 for b in bounds]  # for a caller that bisects milliseconds
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.total = 0.0
 
@@ -102,14 +103,22 @@ class NodeMetrics:
 
     # -- the hot path: called by the node loop ----------------------------------------
 
-    def claimed_entries(self, qi: int, entry_ids: Sequence[bytes]) -> None:
+    def claimed_entries(self, qi: int, entries: Sequence[Entry]) -> None:
         """A claim delivered these: count them, and how long each waited (Redis's clock:
-        an entry id's milliseconds are the server's time at XADD)."""
-        self.claimed[qi] += len(entry_ids)
+        an entry id's milliseconds are the server's time at XADD). Inlined, in ms: it
+        runs for every task."""
+        self.claimed[qi] += len(entries)
         now_ms = time.time() * 1000 + self.clock_offset_ms
-        observe = self.wait[qi].observe
-        for entry_id in entry_ids:
-            observe(max(0.0, now_ms - int(entry_id[:entry_id.index(b"-")])) / 1000)
+        hist = self.wait[qi]
+        counts, bounds, total = hist.counts, hist.ms, 0.0
+        for entry in entries:
+            entry_id = entry[0]
+            waited = now_ms - int(entry_id[:entry_id.index(b"-")])
+            if waited < 0.0:
+                waited = 0.0
+            counts[bisect_left(bounds, waited)] += 1
+            total += waited
+        hist.total += total / 1000
 
     def finished(self, qi: int, task: str, duration: float) -> None:
         key = (qi, self.task_label(task))
@@ -118,15 +127,15 @@ class NodeMetrics:
             hist = self.duration[key] = Hist(DURATION_BUCKETS)
         hist.observe(duration)
 
-    def reported(self, qi: int, reports: Sequence[Report], suppressed: int) -> None:
+    def reported(self, qi: int, reports: Sequence[tuple[bytes, Report]], suppressed: int) -> None:
         """A completion call applied ``reports`` but ``suppressed`` of them (their lease had
         passed to another node). Redis says how many, not which: the first ones are
         counted as suppressed, so the totals are exact and the attribution approximate
         (a lease is usually lost for everything held at once)."""
-        completed = self.completed
-        for i, report in enumerate(reports):
+        completed, label = self.completed, self.task_label
+        for i, (_, report) in enumerate(reports):
             outcome = "suppressed" if i < suppressed else OUTCOMES.get(report.kind, report.kind)
-            key = (qi, self.task_label(report.task), outcome)
+            key = (qi, label(report.task), outcome)
             completed[key] = completed.get(key, 0) + 1
         self.leases_lost += suppressed
 

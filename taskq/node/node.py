@@ -99,7 +99,8 @@ class Node:
             settings.procs,
             runner.run_entry,
             initializer=runner.init_child,
-            initargs=(tuple(imports), init, tuple(init_args), settings.secret),
+            initargs=(tuple(imports), init, tuple(init_args), settings.secret,
+                      settings.require_signed),
             max_tasks_per_child=settings.max_tasks_per_child,
             max_memory_per_child=settings.max_memory_per_child,
             hard_timeout_grace=settings.hard_timeout_grace,
@@ -278,7 +279,7 @@ class Node:
         m = self.metrics
         for qi, entries in got.items():
             if m is not None:
-                m.claimed_entries(qi, [e.entry_id for e in entries])
+                m.claimed_entries(qi, entries)
             self._accept(qi, entries)
 
     def _read_claim(self) -> dict[int, list[Entry]] | None:
@@ -336,6 +337,7 @@ class Node:
         jobs = []
         limit = self.settings.max_message_bytes
         for entry in entries:
+            entry = entry._replace(queue=self.settings.queues[qi])  # what its signature binds
             if not self._holdings.take(qi, entry):
                 continue  # already ours and running (a reclaim of our own stale entry)
             if len(entry.body) > limit:
