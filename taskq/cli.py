@@ -421,6 +421,10 @@ from taskq.dashboard.cli import dashboard, exporter  # noqa: E402  (needs no ext
 cli.add_command(dashboard)
 cli.add_command(exporter)
 
+from taskq.rq.cli import rq  # noqa: E402  (rq itself is imported only when a command runs)
+
+cli.add_command(rq)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: click's own parse errors become one line too (exit 2)."""
