@@ -18,6 +18,8 @@ by), taskq (``python -m taskq worker --procs P`` + ``taskq.Client``), and RQ
          and 5 round trips each after 2 s of idleness (p50 ms)
   D      enqueue only, 100,000 no-op tasks, no worker (tasks/s; Redis bytes per task)
   E      worker start → first result, one task already queued (s)
+  R      A/5 no-ops through rq's producer API, the same code on both: ``rq.Queue`` +
+         ``rq worker-pool`` (SimpleWorker) and ``taskq.rq.Queue`` + a taskq node (tasks/s)
   F      A with 1 ms and 5 ms of round-trip time added between the node and Redis
          (tc netem in a network namespace; a userspace delay proxy where netem is
          unavailable, shown as F~ and marked approximate)
@@ -61,7 +63,7 @@ import taskq  # noqa: E402
 from taskq.tasks import noop as tq_noop  # noqa: E402
 from taskq.tasks import primes as tq_primes  # noqa: E402
 
-ALL = ["A", "A-map", "B", "C", "D", "E", "F"]
+ALL = ["A", "A-map", "B", "C", "D", "E", "R", "F"]
 SYSTEMS = ["mp", "taskq", "rq", "rq-simple"]
 HEAD = {"mp": "mp Pool", "taskq": "taskq", "rq": "RQ fork", "rq-simple": "RQ Simple"}
 EXPECTED_PRIMES = {3_000_000: 216_816, 300_000: 25_997}
@@ -170,6 +172,8 @@ def make_rows(sizes: Sizes, f_approx: bool) -> list[Row]:
             _value("D-mem", lambda x: x <= 300)),
         Row("E", "E  worker start → first result", "s", "≤ 0.2 s",
             _value("E", lambda x: x <= 0.2)),
+        Row("R", f"R  {sizes.a_tasks // 5:,} no-ops via rq's API (enqueue, latest_result)",
+            "tasks/s"),
     ]
     if f_approx:
         rows.append(Row("F", "F  A at +1 ms RTT (tc netem)", "tasks/s", "≥ 0.5x taskq A"))
@@ -524,7 +528,8 @@ class Bench:
     @staticmethod
     def row_keys(workload: str) -> list[str]:
         return {"A": ["A"], "A-map": ["A-map"], "B": ["B", "B-count"],
-                "C": ["C-p50", "C-p99", "C-idle"], "D": ["D-rate", "D-mem"], "E": ["E"]}[workload]
+                "C": ["C-p50", "C-p99", "C-idle"], "D": ["D-rate", "D-mem"], "E": ["E"],
+                "R": ["R"]}[workload]
 
     @contextlib.contextmanager
     def mp_pool(self) -> Iterator[Any]:
@@ -847,6 +852,45 @@ class Bench:
         self.run_workload("E", {"mp": mp, "taskq": tq, "rq": rq_("rq"),
                                 "rq-simple": rq_("rq-simple")})
 
+    # -- R: rq's producer API, the same code on rq and on taskq.rq ----------------------
+
+    def bench_r(self) -> None:
+        n = self.sizes.a_tasks // 5
+
+        def rq_api_once(q: Any, fn: Callable[..., Any]) -> dict[str, float]:
+            """The producer code: identical for rq.Queue and taskq.rq.Queue."""
+            t0 = time.perf_counter()
+            jobs = [q.enqueue(fn) for _ in range(n)]
+            for job in jobs:
+                result = job.latest_result(timeout=300)
+                if result is None or result.type.name != "SUCCESSFUL":
+                    raise RuntimeError(f"job {job.id}: {result and result.exc_string}")
+            return {"R": n / (time.perf_counter() - t0)}
+
+        @contextlib.contextmanager
+        def tq() -> Iterator[Measure]:
+            import taskq.rq
+
+            queue = self.queue_name("r")
+            proc = self.start_worker(queue)
+            try:
+                q = taskq.rq.Queue(queue, connection=self.redis)
+                rq_api_once(q, tq_noop)  # warm, as rq_pool warms RQ
+                yield lambda: rq_api_once(q, tq_noop)
+                check_alive(proc, "taskq worker")
+            finally:
+                self.procs.stop(proc)
+                self.forget_queue(queue)
+
+        @contextlib.contextmanager
+        def rq_simple() -> Iterator[Measure]:
+            import bench_rq_tasks
+
+            with self.rq_pool("rq-simple", "r") as q:
+                yield lambda: rq_api_once(q, bench_rq_tasks.noop)
+
+        self.run_workload("R", {"mp": "—", "taskq": tq, "rq": "—", "rq-simple": rq_simple})
+
     def taskq_a_rates(self, n: int, repeat: int, worker_url: str | None = None,
                       prefix: list[str] | None = None, client_url: str | None = None) -> list[float]:
         """Workload A on taskq with the node reaching Redis another way (workload F)."""
@@ -1156,6 +1200,7 @@ def main(argv: list[str] | None = None) -> int:
         steps: dict[str, Callable[[], None]] = {
             "A": bench.bench_a, "A-map": bench.bench_a_map, "B": bench.bench_b,
             "C": bench.bench_c, "D": bench.bench_d, "E": bench.bench_e,
+            "R": bench.bench_r,
             "F": lambda: bench.bench_f(f_problem),
         }
         for workload in ALL:
