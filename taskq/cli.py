@@ -255,6 +255,8 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 @click.option("--metrics", default=None, metavar="[HOST:]PORT",
               help="Serve Prometheus /metrics and /healthz (a bare port binds 127.0.0.1; "
                    "env TASKQ_METRICS; default off).")
+@click.option("--require-signed", is_flag=True, default=None,
+              help="Dead-letter every unsigned entry (needs TASKQ_SECRET; env TASKQ_REQUIRE_SIGNED=1).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--log-format", default="text", show_default=True,
@@ -267,7 +269,7 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim
            lease: float | None, max_tasks_per_child: int | None,
            max_memory_per_child: float | None, shutdown_timeout: float | None,
            max_deliveries: int | None, hard_timeout_grace: float | None, metrics: str | None,
-           log_level: str, log_format: str) -> None:
+           require_signed: bool | None, log_level: str, log_format: str) -> None:
     """Run a worker node until SIGTERM/SIGINT (a second signal stops at once)."""
     from taskq.node.logs import configure
     from taskq.node.node import Node
@@ -290,6 +292,7 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim
         max_deliveries=max_deliveries, hard_timeout_grace=hard_timeout_grace,
         max_memory_per_child=int(max_memory_per_child * 1024 * 1024) if max_memory_per_child else None,
         metrics=parse_metrics(metrics) if metrics else None,
+        require_signed=require_signed or None,
     )
     node = Node(settings, imports=imports, init=init, init_args=parsed_args, burst=burst)
     try:

@@ -12,6 +12,9 @@ Durations are float seconds here; they are converted at the Redis boundary.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -89,6 +92,9 @@ class Settings:
     """Seconds past a task's time limit before its process is killed."""
     max_message_bytes: int = 16 * 1024 * 1024
     secret: bytes | None = None
+    """The shared secret (``TASKQ_SECRET``): at least 32 bytes, see :func:`check_secret`."""
+    require_signed: bool = False
+    """A node dead-letters every unsigned entry (``--require-signed`` / ``TASKQ_REQUIRE_SIGNED=1``)."""
     metrics: tuple[str, int] | None = None
     """(host, port) a node serves /metrics and /healthz on; None: off. ``--metrics
     [HOST:]PORT`` / ``TASKQ_METRICS`` (see :func:`parse_metrics`); port 0 picks a free one."""
@@ -109,6 +115,10 @@ class Settings:
         for q in self.queues:
             validate_queue_name(q)
         validate_url(self.url)
+        if self.secret is not None:
+            check_secret(self.secret)
+        if self.require_signed and self.secret is None:
+            raise ConfigError("--require-signed needs the shared secret TASKQ_SECRET")
         if self.metrics is not None and not 0 <= self.metrics[1] <= 65535:
             raise ConfigError(f"metrics port must be 0-65535, got {self.metrics[1]}")
 
@@ -125,6 +135,7 @@ class Settings:
             "lease": _env_number("TASKQ_LEASE", float),
             "result_ttl": _env_number("TASKQ_RESULT_TTL", float),
             "secret": secret.encode() if secret else None,
+            "require_signed": _env("TASKQ_REQUIRE_SIGNED") not in (None, "0", "false", "no"),
             "metrics": parse_metrics(metrics, "TASKQ_METRICS") if metrics else None,
         }
         found.update((k, v) for k, v in overrides.items() if v is not None)  # None: not given
@@ -132,6 +143,30 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+MIN_SECRET_BYTES = 32
+_PLACEHOLDER_SECRETS = frozenset({b"change-me"})
+
+
+def check_secret(secret: bytes) -> bytes:
+    """Refuse a guessable shared secret (shorter than 32 bytes, or the placeholder that
+    deploy/taskq.env ships): whoever guesses it runs code on every worker."""
+    how = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+    if secret in _PLACEHOLDER_SECRETS:
+        raise ConfigError(f"TASKQ_SECRET is the shipped placeholder {secret.decode()!r}: {how}")
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"TASKQ_SECRET is {len(secret)} bytes, at least {MIN_SECRET_BYTES} "
+                          f"are needed: {how}")
+    return secret
+
+
+@functools.lru_cache(maxsize=32)
+def derive_key(secret: bytes, purpose: str) -> bytes:
+    """The MAC key for one ``purpose`` (``messages``, ``results``): HMAC-SHA256 of a
+    context string under the secret, so one key never signs two kinds of data and the
+    secret itself is never used raw."""
+    return hmac.new(secret, b"taskq v2 " + purpose.encode() + b" key", hashlib.sha256).digest()
 
 
 def validate_queue_name(name: str) -> str:

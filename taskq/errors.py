@@ -7,6 +7,8 @@ back wrapped in :class:`TaskError` with the remote type, message and traceback t
 
 from __future__ import annotations
 
+from concurrent.futures.process import BrokenProcessPool
+
 
 class TaskqError(Exception):
     """Base class of every error taskq raises itself."""
@@ -32,6 +34,10 @@ class SignatureError(TaskqError):
     """A payload that needs the shared secret is unsigned, or its signature is wrong."""
 
 
+class ExpiredError(SignatureError):
+    """A signed entry past the expiry its producer signed into it (``exp``)."""
+
+
 class MessageError(TaskqError):
     """A message read from Redis is malformed, too large, or of the wrong shape."""
 
@@ -53,8 +59,12 @@ class TaskError(TaskqError):
         return (type(self), (self.type_name, self.message, self.remote_traceback))
 
 
-class WorkerLostError(TaskError):
-    """The pool process running the task died (signal, segfault, OOM kill, ``os._exit``)."""
+class WorkerLostError(TaskError, BrokenProcessPool):
+    """The pool process running the task died (signal, segfault, OOM kill, ``os._exit``).
+
+    Also a ``concurrent.futures.process.BrokenProcessPool``, what the stdlib raises
+    there, so ``except BrokenProcessPool:`` keeps working (the executor itself never
+    becomes broken: only this task failed)."""
 
     def __init__(self, message: str, remote_traceback: str = "") -> None:
         super().__init__("WorkerLostError", message, remote_traceback)

@@ -6,15 +6,20 @@ Both sides of Redis import this module; it imports neither.
 A task is one stream entry with these fields:
 
 - ``m``: the envelope, a JSON object (keys below);
-- ``s``: optional hex HMAC-SHA256 of ``m`` under the shared secret. Envelopes that carry
-  pickled data (``p``) are refused unless ``s`` verifies; it is checked before anything
-  in ``m`` is decoded beyond plain JSON.
+- ``s``: optional hex HMAC-SHA256 of ``domain || queue || m`` under the message key
+  derived from the shared secret (:func:`taskq.config.derive_key`). Binding the queue
+  means an entry copied onto another queue does not verify there; the task id, the reply
+  inbox and the expiry ``exp`` are in ``m``, so none can be changed either. A producer
+  with a secret signs every envelope. Envelopes that carry pickled data (``p``) are
+  refused unless ``s`` verifies, checked before anything in ``m`` is decoded beyond
+  plain JSON; a node with ``require_signed`` refuses every unsigned one.
 - ``n``: the attempt number (absent = 1). It lives outside the signed envelope so a
   retry does not need the secret; tampering with it can only change retry accounting.
 
 Envelope keys: ``id`` task id, ``t`` task name, ``a`` args (a list; for a chunk, a list of
 argument lists), ``k`` kwargs, ``r`` reply inbox (client id), ``b`` batch id, ``kr`` keep
-the result, ``to`` timeout override (s), ``c`` 1 for a chunk, ``p`` base64 pickle.
+the result, ``to`` timeout override (s), ``c`` 1 for a chunk, ``p`` base64 pickle,
+``exp`` the unix time (s) after which a node refuses the entry (signed envelopes).
 
 An outcome is a JSON object ``{"id", "ok": true, "v"}`` or ``{"id", "ok": false,
 "e": [type, message, traceback]}``. A chunk's outcome is ``{"id", "ok": true, "c": 1,
@@ -22,6 +27,9 @@ An outcome is a JSON object ``{"id", "ok": true, "v"}`` or ``{"id", "ok": false,
 item succeeds or fails on its own (``v`` holds null at a failed index, ``ie`` is absent
 when none failed); producers see it as one :class:`ChunkResult`, whichever way it
 travelled (a pickled chunk's result is the same type, see :mod:`taskq.signed`).
+The outcome of a signed task carries ``os``, the HMAC (result key, bound to the task id)
+of the outcome's JSON without it (:func:`sign_outcome`): a producer with a secret takes
+for its tasks only replies that verify, so a forged reply resolves no future.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +46,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from taskq.errors import MessageError, SignatureError, TaskError, task_error
+from taskq.config import derive_key
+from taskq.errors import ExpiredError, MessageError, SignatureError, TaskError, task_error
 
 ErrorTriple = tuple[str, str, str]
 
@@ -54,8 +65,13 @@ class TaskMessage:
     chunk: bool = False
     payload: bytes | None = None
     """Pickled ``(callable, args, kwargs)`` data; only ever loaded from a signed envelope."""
+    expires: float | None = None
+    """Unix time (s) after which a node refuses this entry (``exp``, signed with it)."""
+    signed: bool = False
+    """Set by :func:`decode` when the envelope's signature verified (never encoded)."""
 
-    def encode(self) -> bytes:
+    def encode(self, expires: float | None = None) -> bytes:
+        """The envelope JSON; ``expires`` (unix s) overrides :attr:`expires`."""
         env: dict[str, Any] = {"id": self.id, "t": self.task, "a": self.args}
         if self.kwargs:
             env["k"] = self.kwargs
@@ -71,10 +87,47 @@ class TaskMessage:
             env["c"] = 1
         if self.payload is not None:
             env["p"] = base64.b64encode(self.payload).decode()
+        expires = self.expires if expires is None else expires
+        if expires is not None:
+            env["exp"] = int(expires)
+        if self.payload is None:
+            unfaithful(self.args, self.kwargs, f"argument of task {self.task!r}")
         try:
             return orjson.dumps(env)
         except TypeError as exc:
             raise TypeError(f"arguments of task {self.task!r} are not JSON-serializable: {exc}") from None
+
+
+_INT_RANGE = range(-(2**63), 2**64)  # what orjson writes as a JSON integer
+
+
+def unfaithful(args: Sequence[Any], kwargs: dict[str, Any] | None, what: str) -> None:
+    """Raise TypeError naming the first value JSON would not give back exactly (NaN and
+    ±Infinity become null, tuples lists, datetimes and UUIDs strings): a value is never
+    changed silently on the way. Plain JSON values pass."""
+    todo: list[tuple[str, Any]] = [(f"[{i}]", v) for i, v in enumerate(args)]
+    if kwargs:
+        todo.extend((f"[{k!r}]", v) for k, v in kwargs.items())
+    while todo:
+        path, v = todo.pop()
+        t = type(v)
+        if t is str or t is bool or v is None or (t is int and v in _INT_RANGE):
+            continue
+        if t is float and math.isfinite(v):
+            continue
+        if t is list:
+            todo.extend((f"{path}[{i}]", x) for i, x in enumerate(v))
+        elif t is dict and all(type(k) is str for k in v):
+            todo.extend((f"{path}[{k!r}]", x) for k, x in v.items())
+        else:
+            raise TypeError(f"{what} {path} ({_short(v)}) is not JSON-serializable without "
+                            "change: use lists, str-keyed dicts, str, finite numbers (or a "
+                            "registered task and a secret: it then travels pickled)")
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return f"{type(v).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
 
 
 _FIELD_BODY, _FIELD_SIG, _FIELD_ATTEMPT = b"m", b"s", b"n"
@@ -88,6 +141,8 @@ class Entry(NamedTuple):
     body: bytes
     signature: bytes | None
     attempt: int
+    queue: str = ""
+    """The queue the node read it from (its signature must verify for that queue)."""
 
     def packed(self, attempt: int | None = None) -> bytes:
         """``<attempt>|<sig>|<body>``: the form kept in the delayed set and the dead-letter
@@ -180,17 +235,66 @@ def describe_exception(exc: BaseException) -> ErrorTriple:
     return (name, message, "".join(traceback.format_exception(exc)))
 
 
-def sign(secret: bytes, body: bytes) -> bytes:
-    return hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+SIGNED_TTL = 7 * 24 * 3600.0
+"""The default lifetime (s) a producer signs into an envelope (``exp``): generous, so only
+a stale or replayed entry ever meets it."""
+_MSG_DOMAIN, _OUTCOME_DOMAIN = b"taskq-message\x00", b"taskq-outcome\x00"
 
 
-def verify(secret: bytes | None, body: bytes, signature: bytes | None) -> None:
+def sign(secret: bytes, queue: str, body: bytes) -> bytes:
+    """The ``s`` of an envelope ``body`` sent on ``queue``."""
+    mac = hmac.new(derive_key(secret, "messages"), _MSG_DOMAIN, hashlib.sha256)
+    mac.update(queue.encode() + b"\x00")
+    mac.update(body)
+    return mac.hexdigest().encode()
+
+
+def verify(secret: bytes | None, queue: str, body: bytes, signature: bytes | None) -> None:
     if signature is None:
         raise SignatureError("payload is not signed")
     if secret is None:
         raise SignatureError("signed payload but this worker has no TASKQ_SECRET")
-    if not hmac.compare_digest(sign(secret, body), signature):
-        raise SignatureError("payload signature does not match this worker's TASKQ_SECRET")
+    if not hmac.compare_digest(sign(secret, queue, body), signature):
+        raise SignatureError(f"payload signature does not match this worker's TASKQ_SECRET "
+                             f"for queue {queue!r}")
+
+
+def sign_outcome(secret: bytes, task_id: str, outcome: bytes) -> bytes:
+    """An outcome JSON object signed for ``task_id``: ``os`` appended, the HMAC (result
+    key) of the object's JSON without it. orjson writes what it parses back byte for
+    byte, so the producer recomputes it from the parsed object (:func:`outcome_verifies`)."""
+    sig = _outcome_mac(secret, task_id, outcome)
+    return b"%s,\"os\":\"%s\"}" % (outcome[:-1], sig)
+
+
+def _outcome_mac(secret: bytes, task_id: str, outcome: bytes) -> bytes:
+    mac = hmac.new(derive_key(secret, "results"), _OUTCOME_DOMAIN, hashlib.sha256)
+    mac.update(task_id.encode() + b"\x00")
+    mac.update(outcome)
+    return mac.hexdigest().encode()
+
+
+def outcome_verifies(secret: bytes, task_id: str, obj: dict[str, Any]) -> bool:
+    """Is the parsed outcome ``obj`` signed (``os``, or ``xs`` for a pickled result, which
+    :mod:`taskq.signed` checks in full) for ``task_id``?"""
+    if obj.get("id") != task_id:
+        return False
+    if "x" in obj:
+        text, xs = obj.get("x"), obj.get("xs")
+        if not isinstance(text, str) or not isinstance(xs, str):
+            return False
+        from taskq.signed import result_signature  # a pickled result: loaded next anyway
+
+        return hmac.compare_digest(result_signature(secret, task_id, text.encode()).encode(),
+                                   xs.encode())
+    sig = obj.get("os")
+    if not isinstance(sig, str):
+        return False
+    try:
+        body = orjson.dumps({k: v for k, v in obj.items() if k != "os"})
+    except TypeError:
+        return False
+    return hmac.compare_digest(_outcome_mac(secret, task_id, body), sig.encode())
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -221,9 +325,13 @@ def routing_of(body: bytes) -> Routing | None:
     )
 
 
-def decode(body: bytes, signature: bytes | None, secret: bytes | None) -> TaskMessage:
-    """Envelope bytes → :class:`TaskMessage`, refusing bad shapes and unsigned pickles."""
+def decode(body: bytes, signature: bytes | None, secret: bytes | None, queue: str = "",
+           require_signed: bool = False) -> TaskMessage:
+    """Envelope bytes read from ``queue`` → :class:`TaskMessage`, refusing bad shapes,
+    unsigned pickles (every unsigned envelope with ``require_signed``), signatures made
+    for another queue or body, and expired entries (:class:`ExpiredError`)."""
     env = _parse(body)
+    signed = _check_signature(env, body, signature, secret, queue, require_signed)
     name, args, kwargs = env.get("t", ""), env.get("a", []), env.get("k", {})
     if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
         raise MessageError("envelope fields t/a/k have the wrong types")
@@ -236,7 +344,6 @@ def decode(body: bytes, signature: bytes | None, secret: bytes | None) -> TaskMe
     raw_payload = env.get("p")
     payload: bytes | None = None
     if raw_payload is not None:
-        verify(secret, body, signature)  # before a single byte of pickle is looked at
         if not isinstance(raw_payload, str):
             raise MessageError("envelope payload must be base64 text")
         try:
@@ -245,8 +352,7 @@ def decode(body: bytes, signature: bytes | None, secret: bytes | None) -> TaskMe
             raise MessageError("envelope payload is not valid base64") from None
     elif not name:
         raise MessageError("envelope names no task")
-    elif signature is not None and secret is not None:
-        verify(secret, body, signature)
+    exp = env.get("exp")
     reply, batch = env.get("r"), env.get("b")
     return TaskMessage(
         id=env["id"],
@@ -259,13 +365,37 @@ def decode(body: bytes, signature: bytes | None, secret: bytes | None) -> TaskMe
         timeout=float(timeout) if timeout is not None else None,
         chunk=chunk,
         payload=payload,
+        expires=float(exp) if isinstance(exp, (int, float)) else None,
+        signed=signed,
     )
+
+
+def _check_signature(env: dict[str, Any], body: bytes, signature: bytes | None,
+                     secret: bytes | None, queue: str, require_signed: bool) -> bool:
+    """Verify before anything else is decoded (a pickle above all); True if signed."""
+    if signature is None:
+        if "p" in env:
+            raise SignatureError("payload is not signed")
+        if require_signed:
+            raise SignatureError("entry is not signed and this worker requires signed messages")
+        return False
+    # A signed entry needs the secret even by name: its producer takes only signed replies.
+    verify(secret, queue, body, signature)
+    exp = env.get("exp")
+    if exp is not None:
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+            raise MessageError("envelope expiry must be a number")
+        if time.time() > exp:
+            raise ExpiredError(f"expired at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(exp))} UTC")
+    return True
 
 
 # -- outcomes -----------------------------------------------------------------------
 
 
 def encode_ok(task_id: str, value: Any) -> bytes:
+    """TypeError if JSON would not give ``value`` back exactly (see :func:`unfaithful`)."""
+    unfaithful((value,), None, "result")
     return orjson.dumps({"id": task_id, "ok": True, "v": value})
 
 
@@ -277,6 +407,7 @@ def encode_chunk(task_id: str, values: list[Any], errors: Sequence[tuple[int, Er
                  duration: float) -> bytes:
     """A chunk's outcome: the values in order (None where an item failed), the failed
     items' errors by index, and the seconds the chunk's work took."""
+    unfaithful(values, None, "result")
     obj: dict[str, Any] = {"id": task_id, "ok": True, "c": 1, "v": values, "d": duration}
     if errors:
         obj["ie"] = [[i, list(e)] for i, e in errors]
@@ -335,6 +466,8 @@ class Outcome:
     ok: bool
     value: Any = None
     error: ErrorTriple | None = None
+    exc: BaseException | None = None
+    """The exception itself, when it came back pickled (its own type, not a TaskError)."""
 
     def result(self) -> Any:
         """The value, or raise the remote error as a :class:`TaskError`."""
@@ -342,33 +475,53 @@ class Outcome:
             return self.value
         raise self.exception()
 
-    def exception(self) -> TaskError:
+    def exception(self) -> BaseException:
+        if self.exc is not None:
+            return self.exc
         assert self.error is not None
         return task_error(*self.error)
 
 
 def _error_triple(err: Any) -> ErrorTriple:
-    if not isinstance(err, list) or len(err) < 3:
-        err = ["TaskError", "unknown error", ""]
-    return (str(err[0]), str(err[1]), str(err[2]))
+    """``[type, message, traceback]``, strictly: a bad shape is a MessageError, never a
+    made-up error (a malformed reply must not resolve a future)."""
+    if not isinstance(err, list) or len(err) != 3 or not all(isinstance(x, str) for x in err):
+        raise MessageError(f"malformed error in outcome: {str(err)[:80]}")
+    return (err[0], err[1], err[2])
 
 
 def _chunk_result(obj: dict[str, Any]) -> ChunkResult:
-    values, duration = obj.get("v"), obj.get("d")
-    if not isinstance(values, list):
+    values, duration, ie = obj.get("v"), obj.get("d"), obj.get("ie") or []
+    if not isinstance(values, list) or not isinstance(ie, list):
         raise MessageError("malformed chunk outcome")
-    errors: dict[int, BaseException] = {
-        int(i): task_error(*_error_triple(e)) for i, e in obj.get("ie") or ()}
+    errors: dict[int, BaseException] = {}
+    for item in ie:
+        if (not isinstance(item, list) or len(item) != 2 or type(item[0]) is not int
+                or not 0 <= item[0] < len(values)):
+            raise MessageError("malformed chunk outcome")
+        errors[item[0]] = task_error(*_error_triple(item[1]))
     return ChunkResult(values, errors, float(duration) if isinstance(duration, (int, float)) else None)
 
 
-def decode_outcome(raw: bytes | dict[str, Any]) -> Outcome:
+def decode_outcome(raw: bytes | dict[str, Any], secret: bytes | None = None) -> Outcome:
+    """An outcome (JSON text or parsed) → :class:`Outcome`; MessageError if malformed.
+    A pickled result (``x``) is verified with ``secret`` and loaded (an error if there
+    is none): a stored result reads back as the value the future got."""
     obj = orjson.loads(raw) if isinstance(raw, (bytes, str)) else raw
-    if not isinstance(obj, dict) or "id" not in obj:
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
         raise MessageError("malformed outcome")
-    if obj.get("ok"):
+    if "x" in obj:
+        from taskq import signed  # only for a pickled result: it loads cloudpickle
+
+        ok, value = signed.load_outcome(obj, secret)
+        if ok:
+            return Outcome(obj["id"], True, value)
+        return Outcome(obj["id"], False, error=describe_exception(value), exc=value)
+    if obj.get("ok") is True:
         return Outcome(obj["id"], True, _chunk_result(obj) if "c" in obj else obj.get("v"))
-    return Outcome(obj["id"], False, error=_error_triple(obj.get("e")))
+    if obj.get("ok") is False:
+        return Outcome(obj["id"], False, error=_error_triple(obj.get("e")))
+    raise MessageError("malformed outcome: no ok")
 
 
 def decode_outcomes(blob: bytes) -> list[Outcome]:

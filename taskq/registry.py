@@ -229,10 +229,28 @@ def run_after_task_hooks() -> None:
 
 
 _builtins_loaded = False
+_builtins_enabled = True
+BUILTINS_MODULE = "taskq.tasks"
+
+
+def builtins_wanted(imports: typing.Collection[str]) -> bool:
+    """Does a worker given these ``--import`` modules run the built-in demo tasks? Only
+    with none (``taskq run``, the quickstart) or when ``taskq.tasks`` is one of them."""
+    return not imports or BUILTINS_MODULE in imports
+
+
+def use_builtins(enabled: bool) -> None:
+    """Register the built-in demo tasks on demand (the default), or never: a production
+    worker runs only what its operator imported (drops any already registered)."""
+    global _builtins_enabled
+    _builtins_enabled = enabled
+    if not enabled:
+        for name in [n for n, s in _REGISTRY.items() if s.fn.__module__ == BUILTINS_MODULE]:
+            del _REGISTRY[name]
 
 
 def _ensure_builtins() -> None:
     global _builtins_loaded
-    if not _builtins_loaded:
+    if not _builtins_loaded and _builtins_enabled:
         _builtins_loaded = True
-        importlib.import_module("taskq.tasks")
+        importlib.import_module(BUILTINS_MODULE)

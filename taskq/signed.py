@@ -28,6 +28,7 @@ from typing import Any
 
 import cloudpickle
 
+from taskq.config import derive_key
 from taskq.errors import SignatureError, TaskError
 from taskq.message import ChunkResult
 
@@ -131,7 +132,8 @@ def label(fn: Any) -> str:
 
 
 def result_signature(secret: bytes, task_id: str, text: bytes) -> str:
-    return hmac.new(secret, _RESULT_DOMAIN + task_id.encode() + b"\x00" + text,
+    """``xs``: the HMAC (result key) of a pickled result, bound to its task id."""
+    return hmac.new(derive_key(secret, "results"), _RESULT_DOMAIN + task_id.encode() + b"\x00" + text,
                     hashlib.sha256).hexdigest()
 
 
@@ -144,7 +146,7 @@ def load_outcome(obj: dict[str, Any], secret: bytes | None) -> tuple[bool, Any]:
     if secret is None:
         return False, SignatureError("pickled result but this client has no secret")
     raw = text.encode()
-    if not hmac.compare_digest(result_signature(secret, task_id, raw), sig):
+    if not hmac.compare_digest(result_signature(secret, task_id, raw).encode(), sig.encode()):
         return False, SignatureError("result signature does not match this client's secret: refused")
     try:
         kind, body, duration = pickle.loads(base64.b64decode(raw))
@@ -154,8 +156,8 @@ def load_outcome(obj: dict[str, Any], secret: bytes | None) -> tuple[bool, Any]:
             values, errs = body
             return True, ChunkResult(values, {i: _exception(e) for i, e in errs.items()}, duration)
         return False, _exception(body)
-    except Exception as exc:
-        return False, TaskError(type(exc).__name__, f"cannot load the result: {exc}")
+    except BaseException as exc:  # SystemExit while unpickling too: it fails this result only
+        return False, TaskError(type(exc).__name__, f"cannot load the result: {exc!r}")
 
 
 def _exception(packed: tuple[bytes | None, str, str, str]) -> BaseException:
@@ -164,7 +166,7 @@ def _exception(packed: tuple[bytes | None, str, str, str]) -> BaseException:
     if blob is not None:
         try:
             exc = pickle.loads(blob)
-        except Exception:
+        except BaseException:  # an exception that cannot be rebuilt here: its description
             exc = None
     if not isinstance(exc, BaseException):
         return TaskError(type_name, message, tb)

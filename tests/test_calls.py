@@ -32,7 +32,7 @@ from taskq.config import Settings
 from taskq.message import ChunkResult
 
 pytestmark = pytest.mark.timeout(90)
-SECRET = "s3cret-for-call-tests"
+SECRET = "s3cret-for-call-tests-0123456789abcdef"
 TESTS = str(Path(__file__).resolve().parent)
 # The node imports this module (so its @task functions are registered there, in the
 # parent too, and pickled functions travel by reference).
@@ -193,7 +193,8 @@ def node_url(real_redis_url: str) -> Iterator[str]:
     redis_lib.Redis.from_url(real_redis_url).flushdb()
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskq", "--url", real_redis_url, "worker", "--procs", "2",
-         "--import", "test_calls", "--hard-timeout-grace", "0.5", "--log-level", "warning"],
+         "--import", "test_calls", "--import", "taskq.tasks",
+         "--hard-timeout-grace", "0.5", "--log-level", "warning"],
         env=ENV, cwd="/")
     try:
         with taskq.Client(real_redis_url, secret=SECRET) as client:

@@ -86,10 +86,10 @@ def test_env_is_read_by_config_over_the_defaults(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("TASKQ_LEASE", "2.5")
     monkeypatch.setenv("TASKQ_QUEUE", "a,b")
     monkeypatch.setenv("TASKQ_URL", "redis://example:1/2")
-    monkeypatch.setenv("TASKQ_SECRET", "s3")
+    monkeypatch.setenv("TASKQ_SECRET", "s3" * 16)
     got = Settings.from_env(lease=9.0, secret=None, url=None)  # None: not given, the env stays
     assert (got.claim_size, got.lease, got.queues, got.url, got.secret) == (
-        7, 9.0, ("a", "b"), "redis://example:1/2", b"s3")
+        7, 9.0, ("a", "b"), "redis://example:1/2", b"s3" * 16)
     assert (env_url(), env_queue()) == ("redis://example:1/2", "a")
 
 

@@ -35,7 +35,8 @@ def taskq_cmd(url: str, *args: str, timeout: float = 60,
 def worker(redis_url: str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "taskq", "--url", redis_url, "worker", "--procs", "2",
-         "--import", "e2e_tasks", "--init", "e2e_tasks:init_worker", "--init-args", '[3, "cfg"]'],
+         "--import", "e2e_tasks", "--import", "taskq.tasks",
+         "--init", "e2e_tasks:init_worker", "--init-args", '[3, "cfg"]'],
         env=ENV, stderr=subprocess.PIPE, text=True,
     )
     yield proc
@@ -104,7 +105,7 @@ class _Touch:
 def _pickle_entry(task_id: str, payload: bytes, secret: bytes | None) -> dict[str, bytes]:
     body = json.dumps({"id": task_id, "t": "", "a": [], "kr": 1,
                        "p": base64.b64encode(payload).decode()}).encode()
-    return {"m": body, **({"s": sign(secret, body)} if secret is not None else {})}
+    return {"m": body, **({"s": sign(secret, "default", body)} if secret is not None else {})}
 
 
 @pytest.mark.timeout(60)
@@ -120,7 +121,7 @@ def test_forged_pickles_and_bad_messages_are_dead_lettered_and_never_run(
     broker.ensure_group()
     stream = broker.keys.stream
     client.xadd(stream, _pickle_entry("unsigned", pickle.dumps(_Touch(unsigned)), None))
-    client.xadd(stream, _pickle_entry("forged", pickle.dumps(_Touch(forged)), b"not the secret"))
+    client.xadd(stream, _pickle_entry("forged", pickle.dumps(_Touch(forged)), b"not the secret" * 4))
     client.xadd(stream, {"m": json.dumps({"id": "system", "t": "os.system", "kr": 1,
                                           "a": [f"touch {by_name}"]}).encode()})
     client.xadd(stream, {"m": b"\xff not json"})
@@ -129,7 +130,7 @@ def test_forged_pickles_and_bad_messages_are_dead_lettered_and_never_run(
         good = producer.submit("primes", 0, 100)
         # A burst node that has the real secret: it must refuse what the secret did not sign.
         done = taskq_cmd(redis_url, "worker", "--procs", "1", "--burst",
-                         env={**ENV, "TASKQ_SECRET": "the real secret"}, timeout=50)
+                         env={**ENV, "TASKQ_SECRET": "the real secret" * 3}, timeout=50)
         assert done.returncode == 0, done.stderr
         assert good.result(timeout=10) == 25  # served alongside the bad entries
         why = {}

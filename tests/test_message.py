@@ -45,16 +45,20 @@ def test_malformed_envelopes_are_refused_with_a_reason(body: bytes, why: str) ->
         decode(body, None, None)
 
 
+KEY, OTHER = b"k" * 32, b"o" * 32
+
+
 def test_pickled_payload_needs_a_valid_signature() -> None:
     msg = TaskMessage(id="t", task="", payload=b"\x80\x04N.")
     body = msg.encode()
     with pytest.raises(SignatureError, match="not signed"):
-        decode(body, None, b"secret")
+        decode(body, None, KEY, "q")
     with pytest.raises(SignatureError, match="does not match"):
-        decode(body, sign(b"other", body), b"secret")
+        decode(body, sign(OTHER, "q", body), KEY, "q")
     with pytest.raises(SignatureError, match="no TASKQ_SECRET"):
-        decode(body, sign(b"secret", body), None)
-    assert decode(body, sign(b"secret", body), b"secret").payload == b"\x80\x04N."
+        decode(body, sign(KEY, "q", body), None, "q")
+    got = decode(body, sign(KEY, "q", body), KEY, "q")
+    assert (got.payload, got.signed) == (b"\x80\x04N.", True)
 
 
 def test_routing_of_survives_bad_envelopes() -> None:

@@ -27,7 +27,7 @@ from taskq.client.replies import Replies
 from taskq.client.sender import Sender
 from taskq.config import Settings
 from taskq.errors import BrokerError, TaskError
-from taskq.message import ChunkResult, Outcome, TaskMessage, decode_outcome, sign
+from taskq.message import SIGNED_TTL, ChunkResult, Outcome, TaskMessage, decode_outcome, sign
 
 if TYPE_CHECKING:
     from taskq.signed import Context
@@ -112,6 +112,8 @@ class Client:
             self._write, self._write_failed, name=f"taskq-sender-{self.client_id}"
         )
         self._context: Context | None = None  # made on the first call that travels pickled
+        self.message_ttl = SIGNED_TTL
+        """Seconds a signed envelope stays runnable (``exp``): a node dead-letters it later."""
 
     # -- building and sending messages ------------------------------------------------
 
@@ -146,7 +148,7 @@ class Client:
     def batch_results(self, batch_id: str, total: int) -> list[Outcome | None]:
         """The stored outcomes of a batch's tasks (``<batch>.<i>``), None where expired."""
         raws = self.broker.stored_results([f"{batch_id}.{i}" for i in range(total)])
-        return [decode_outcome(r) if r else None for r in raws]
+        return [decode_outcome(r, self.settings.secret) if r else None for r in raws]
 
     def submit_message(self, msg: TaskMessage) -> Future[Any]:
         """Send a built message (group-committed with other submits); its Future."""
@@ -170,11 +172,14 @@ class Client:
             self.broker.ensure_group()
             self._group_ready = True
         secret = self.settings.secret
-        envelopes = []
-        for msg in messages:
-            body = msg.encode()
-            signed = msg.payload is not None and secret is not None
-            envelopes.append((body, sign(secret, body) if signed and secret else None))
+        envelopes: list[tuple[bytes, bytes | None]] = []
+        if secret is None:
+            envelopes = [(msg.encode(), None) for msg in messages]
+        else:  # with a secret every envelope is signed: bound to the queue, with an expiry
+            expires = time.time() + self.message_ttl
+            for msg in messages:
+                body = msg.encode(expires)
+                envelopes.append((body, sign(secret, self.queue, body)))
         self.broker.enqueue(envelopes, None if batch is None else (
             batch[0], self.settings.result_ttl, batch[1]))
 
@@ -300,7 +305,7 @@ class Client:
     def result(self, task_id: str) -> Outcome | None:
         """The stored outcome of a finished task, or None if there is none (yet)."""
         raw = self.broker.result(task_id)
-        return decode_outcome(raw) if raw is not None else None
+        return decode_outcome(raw, self.settings.secret) if raw is not None else None
 
     def batch(self, batch_id: str) -> Batch:
         status = self.broker.batch_status(batch_id)

@@ -6,6 +6,12 @@ by push, never by polling. Every chunk's future resolves with one
 :class:`~taskq.message.ChunkResult`, decoded here whichever way the chunk travelled.
 After a lost connection it reads the stored results of the futures still waiting
 (replies popped just before a drop are gone; stored ones are not).
+
+Trust: a client with a secret signs every task it sends (:meth:`Client._write`), so it
+takes for each of its futures only a reply signed for that task id (``os``, or ``xs`` for
+a pickled result); anything else, and any malformed reply, is logged and skipped, and
+the future keeps waiting for the genuine one. Nothing a payload does while its result is
+loaded (``SystemExit`` included) stops the listener.
 """
 
 from __future__ import annotations
@@ -21,8 +27,7 @@ import orjson
 import redis
 
 from taskq.broker import REDIS_DOWN, Broker
-from taskq.errors import MessageError
-from taskq.message import decode_outcome
+from taskq.message import decode_outcome, outcome_verifies
 
 log = logging.getLogger("taskq.client")
 
@@ -121,28 +126,52 @@ class Replies:
     # -- resolving ----------------------------------------------------------------------
 
     def resolve(self, blob: bytes) -> None:
-        """Resolve the futures of one inbox element (a JSON array of outcomes)."""
+        """Resolve the futures of one inbox element (a JSON array of outcomes). A reply
+        that is malformed, or not signed for its task when this client signs, is logged
+        and skipped: it never costs (or resolves) a future."""
         try:
             objs = orjson.loads(blob)
-            for obj in [objs] if isinstance(objs, dict) else objs:
-                if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-                    raise ValueError("malformed outcome")
-        except Exception:
-            log.warning("ignoring a malformed reply: %r", blob[:200])
+        except orjson.JSONDecodeError:
+            log.warning("ignoring a reply that is not JSON: %r", blob[:200])
             return
-        for obj in [objs] if isinstance(objs, dict) else objs:
-            fut = self.forget(obj["id"])
-            if fut is None or fut.done():
-                continue  # a duplicate outcome, or cancelled meanwhile
+        for obj in [objs] if isinstance(objs, dict) else objs if isinstance(objs, list) else [objs]:
             try:
-                ok, value = self._decode(obj)
-            except Exception as exc:  # a reply naming our task but of a bad shape
-                ok, value = False, MessageError(f"malformed outcome of task {obj['id']}: {exc}")
-            with contextlib.suppress(InvalidStateError):  # cancelled between check and set
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+                self._resolve_one(obj)
+            except BaseException as exc:  # whatever a payload does, the listener lives on
+                log.warning("ignoring a reply that could not be handled (%s): %r",
+                            type(exc).__name__, orjson.dumps(obj)[:200] if isinstance(obj, dict) else obj)
+
+    def _resolve_one(self, obj: Any) -> None:
+        task_id = obj.get("id") if isinstance(obj, dict) else None
+        if not isinstance(task_id, str):
+            log.warning("ignoring a malformed reply (no task id): %r", str(obj)[:200])
+            return
+        with self._lock:
+            fut = self._futures.get(task_id)
+        if fut is None or fut.done():
+            self.forget(task_id)
+            return  # a duplicate outcome, or cancelled meanwhile
+        secret = self._secret()
+        if secret is None and "x" in obj:
+            log.warning("ignoring a pickled reply for task %s: this client sent nothing pickled",
+                        task_id)
+            return
+        if secret is not None and not outcome_verifies(secret, task_id, obj):
+            log.warning("ignoring a reply for task %s that is not signed for it: a forgery, "
+                        "or a node without this TASKQ_SECRET", task_id)
+            return
+        try:
+            ok, value = self._decode(obj)
+        except Exception as exc:  # a reply naming our task but of a bad shape
+            log.warning("ignoring a malformed reply for task %s: %s", task_id, exc)
+            return
+        if self.forget(task_id) is not fut:
+            return  # resolved by another reply meanwhile
+        with contextlib.suppress(InvalidStateError):  # cancelled between check and set
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
 
     def _decode(self, obj: dict[str, Any]) -> tuple[bool, Any]:
         """One outcome → (ok, value or exception); a chunk's value is its ChunkResult,

@@ -10,6 +10,12 @@ envelope names its registered task, if it is one): the time limit is the envelop
 ``to``, else the registered task's; the retry policy is the registered task's (none for
 an unregistered callable); in a chunk each item succeeds or fails on its own (an
 Exception or SystemExit fails just that item, the time limit applies per item).
+
+Trust: an entry's signature is checked for the queue it was read from; an unsigned one
+is dead-lettered when the node requires signatures, an expired one ("expired"). The
+outcome of a signed entry is signed for its task id (its producer takes no other), so
+an honest node never delivers a reply for a task id that a forger put in an unsigned
+envelope to a producer that signs.
 """
 
 from __future__ import annotations
@@ -20,8 +26,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from taskq import registry
-from taskq.errors import MessageError, SignatureError, TaskqError, UnknownTaskError, task_error
+from taskq.errors import (
+    ExpiredError,
+    MessageError,
+    SignatureError,
+    TaskqError,
+    UnknownTaskError,
+    task_error,
+)
 from taskq.message import (
     Entry,
     ErrorTriple,
@@ -35,19 +50,25 @@ from taskq.message import (
     encode_error,
     encode_ok,
     routing_of,
+    sign_outcome,
 )
 from taskq.node.child import arm_timeout
 
 _secret: bytes | None = None
+_require_signed = False
 
 
 def init_child(
-    imports: Sequence[str], init: str | None, init_args: Sequence[Any], secret: bytes | None
+    imports: Sequence[str], init: str | None, init_args: Sequence[Any], secret: bytes | None,
+    require_signed: bool = False,
 ) -> None:
-    """Pool initializer: import the task modules, then the operator's ``--init``."""
-    global _secret
+    """Pool initializer: import the task modules, then the operator's ``--init``. The
+    built-in demo tasks run only on a node given no ``--import`` (or ``taskq.tasks``):
+    a production node runs only what its operator imported."""
+    global _secret, _require_signed
     signal.set_wakeup_fd(-1)  # the parent's wake-up pipe is not ours to write
-    _secret = secret
+    _secret, _require_signed = secret, require_signed
+    registry.use_builtins(registry.builtins_wanted(imports))
     registry.import_task_modules(imports)
     registry.task_names()  # loads the built-ins once, before the first task
     if init:
@@ -62,12 +83,27 @@ def run_entry(entry: Entry) -> Report:
     """The pool's runner: one stream entry in, one report out (naming its task, for the
     node's metrics). Never raises."""
     try:
-        msg = decode(entry.body, entry.signature, _secret)
-    except SignatureError as exc:
+        msg = decode(entry.body, entry.signature, _secret, entry.queue, _require_signed)
+    except ExpiredError as exc:  # its signature verified: its producer may be told so
+        return _signed(entry, dead_letter(entry, f"expired: {exc}"), _secret)
+    except SignatureError as exc:  # never signed: a forger must get no signed reply
         return dead_letter(entry, f"untrusted payload: {exc}")
     except MessageError as exc:
         return dead_letter(entry, f"malformed message: {exc}")
-    return _run_msg(msg, entry)._replace(task=task_label(msg))
+    report = _run_msg(msg, entry)._replace(task=task_label(msg))
+    return _signed(entry, report, _secret) if msg.signed else report
+
+
+def _signed(entry: Entry, report: Report, secret: bytes | None) -> Report:
+    """The report with its outcome signed for its task id (a pickled result carries its
+    own signature, a retry has no outcome)."""
+    if secret is None or not report.outcome or report.routing is None:
+        return report
+    task_id = report.routing.task_id
+    head = b'{"id":%s,"ok":' % orjson.dumps(task_id)
+    if report.outcome.startswith((head + b'true,"x":', head + b'false,"x":')):
+        return report  # signed_runner's pickled result: its xs is bound to the task id
+    return report._replace(outcome=sign_outcome(secret, task_id, report.outcome))
 
 
 def task_label(msg: TaskMessage) -> str:
@@ -123,23 +159,25 @@ def run_lost(entry: Entry, error: ErrorTriple, secret: bytes | None) -> Report:
     names, if this node knows it. Chunks, unknown tasks and undecodable entries fail.
     """
     try:
-        msg = decode(entry.body, entry.signature, secret)
+        msg = decode(entry.body, entry.signature, secret, entry.queue)
         spec = registry.find_task(msg.task)
     except TaskqError:
         msg, spec = None, None
     if msg is None or spec is None or msg.chunk:
         routing = routing_of(entry.body)
-        return Report("fail", routing, encode_error(routing.task_id if routing else "?", error),
-                      task="" if msg is None else task_label(msg))
-    return (_retry(msg, spec, entry, task_error(*error)) or Report(
-        "fail", _routing(msg), encode_error(msg.id, error)))._replace(task=msg.task)
+        report = Report("fail", routing, encode_error(routing.task_id if routing else "?", error),
+                        task="" if msg is None else task_label(msg))
+    else:
+        report = (_retry(msg, spec, entry, task_error(*error)) or Report(
+            "fail", _routing(msg), encode_error(msg.id, error)))._replace(task=msg.task)
+    return _signed(entry, report, secret) if msg is not None and msg.signed else report
 
 
 def _encode_value(msg: TaskMessage, value: Any) -> Report:
     try:
         return Report("ok", _routing(msg), encode_ok(msg.id, value))
     except TypeError as exc:
-        error = ("TypeError", f"result of {msg.task or 'task'} is not JSON-serializable: {exc}", "")
+        error = ("TypeError", f"result of {msg.task or 'task'} cannot travel as JSON: {exc}", "")
         return Report("fail", _routing(msg), encode_error(msg.id, error))
 
 
@@ -164,7 +202,7 @@ def _run_chunk(msg: TaskMessage, spec: registry.TaskSpec, limit: float | None) -
     try:
         outcome = encode_chunk(msg.id, values, errors, time.perf_counter() - t0)
     except TypeError as exc:
-        error = ("TypeError", f"result of {msg.task} is not JSON-serializable: {exc}", "")
+        error = ("TypeError", f"result of {msg.task} cannot travel as JSON: {exc}", "")
         return Report("fail", _routing(msg), encode_error(msg.id, error))
     return Report("ok", _routing(msg), outcome)
 
