@@ -198,7 +198,7 @@ def run(task_id: str, payload: bytes, secret: bytes | None, limit: float | None 
             blob = pickle.dumps(result, PROTOCOL)
         except Exception:
             blob = dumps(result)
-    except Exception as exc:  # the result cannot be pickled: a failure, but not a retry
+    except (Exception, SystemExit) as exc:  # cannot be pickled: a failure, not a retry
         ok, result = False, ("error", _pack_exception(exc), result[2])
         blob = dumps(result)
     if secret is None:  # cannot happen: the payload was verified with it
