@@ -17,6 +17,7 @@ from taskq.errors import (
     UnknownTaskError,
     WorkerLostError,
 )
+from taskq.periodic import periodic, schedule  # eager: binds the names over the submodule
 from taskq.registry import task
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ __all__ = [
     "WorkerLostError",
     "as_completed",
     "cpu_count",
+    "periodic",
+    "schedule",
     "task",
     "wait",
 ]

@@ -7,12 +7,17 @@ keys live in one slot, so one script may touch them all).
 ``taskq:{q}:stream``            the queue (stream, consumer group ``workers``; pending
                                 entries are the in-flight set, their idle time the lease)
 ``taskq:{q}:stats``             hash of counters: enqueued, done, failed, retried, dead, …
-``taskq:{q}:delayed``           sorted set of retries waiting out their backoff
+``taskq:{q}:delayed``           sorted set of retries waiting out their backoff, and of
+                                tasks applied with a delay or an eta (score = due ms)
 ``taskq:{q}:dead``              dead-letter stream (packed entry, reason, error)
 ``taskq:{q}:result:<task>``     a task's outcome JSON, with a TTL
 ``taskq:{q}:inbox:<client>``    a producer's reply list (JSON arrays of outcomes)
 ``taskq:{q}:batch:<id>``        hash: total, done, failed (+ reduce hint for the CLI)
 ``taskq:{q}:batch:<id>:events`` list pushed once when a batch is complete
+``taskq:{q}:dedup:<key>``       a dedup key's task: ``<task id>|<ttl ms>|<entry id>``
+``taskq:{q}:dedupw:<key>``      clients waiting for that task besides its producer (set)
+``taskq:{q}:sched:lock``        the periodic scheduler's lease on this queue (node id)
+``taskq:{q}:sched:last``        hash: schedule name → last run enqueued (scheduled ms)
 ``taskq:queues``                set of queue names seen (for ``taskq info``)
 ``taskq:nodes``                 sorted set node id → last heartbeat (ms)
 ``taskq:node:<id>``             hash describing a node, with a TTL
@@ -29,6 +34,25 @@ GROUP = "workers"
 QUEUES_KEY = "taskq:queues"
 NODES_KEY = "taskq:nodes"
 SHARED_PREFIX = "taskq:{shared}:"
+
+
+DEDUP_ID = "dd-"
+"""Task ids of dedup applies start ``dd-<hex of the key>-``: complete.lua finds the key there."""
+
+
+def dedup_task_id(key: str, unique: str) -> str:
+    return f"{DEDUP_ID}{key.encode().hex()}-{unique}"
+
+
+def dedup_key_of(task_id: str) -> str | None:
+    """The dedup key a task id holds (None for an ordinary task)."""
+    if not task_id.startswith(DEDUP_ID):
+        return None
+    hexed = task_id[len(DEDUP_ID):].partition("-")[0]
+    try:
+        return bytes.fromhex(hexed).decode()
+    except ValueError:  # not ours: an explicit id that merely starts alike
+        return None
 
 
 def node_key(node_id: str) -> str:
@@ -72,3 +96,17 @@ class QueueKeys:
 
     def batch_events(self, batch_id: str) -> str:
         return f"{self.prefix}batch:{batch_id}:events"
+
+    def dedup(self, key: str) -> str:
+        return f"{self.prefix}dedup:{key}"
+
+    def dedup_waiters(self, key: str) -> str:
+        return f"{self.prefix}dedupw:{key}"
+
+    @property
+    def sched_lock(self) -> str:
+        return self.prefix + "sched:lock"
+
+    @property
+    def sched_last(self) -> str:
+        return self.prefix + "sched:last"

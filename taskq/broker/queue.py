@@ -15,7 +15,7 @@ from typing import Any, cast
 import redis
 from redis.commands.core import Script
 
-from taskq.broker.keys import GROUP, QUEUES_KEY, QueueKeys
+from taskq.broker.keys import GROUP, QUEUES_KEY, QueueKeys, dedup_key_of
 from taskq.config import validate_queue_name
 from taskq.message import Entry, Report, stream_fields
 
@@ -125,6 +125,10 @@ class Broker:
             if r.routing is not None and r.kind != "retry":
                 if r.routing.keep_result:
                     rk = key_index(keys.result(r.routing.task_id))
+                    dedup = dedup_key_of(r.routing.task_id)
+                    if dedup is not None:  # declared for complete.lua's release_dedup
+                        key_index(keys.dedup(dedup))
+                        key_index(keys.dedup_waiters(dedup))
                 if r.routing.reply_to:
                     ik = key_index(keys.inbox(r.routing.reply_to))
                 if r.routing.batch:

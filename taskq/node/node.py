@@ -43,7 +43,7 @@ from taskq.broker import Broker, connect, heartbeat, remove_node
 from taskq.broker.claim import Claim, Claimer, SyncClaim
 from taskq.config import Settings
 from taskq.message import Entry, Report
-from taskq.node import runner
+from taskq.node import runner, scheduler
 from taskq.node.holdings import Holdings, log_task
 from taskq.node.outage import DOWN, Backoff, outage
 from taskq.node.pool import Done, Job, SupervisedPool
@@ -106,6 +106,7 @@ class Node:
             hard_timeout_grace=settings.hard_timeout_grace,
         )
         self.schedule = Schedule()
+        self.scheduler = scheduler.for_node(self.client, self.node_id, settings)  # periodic
         self.processed = self.failed = 0
         self.telemetry = Telemetry(settings.queues, settings.metrics)
         self.metrics = self.telemetry.metrics  # None unless settings.metrics
@@ -393,6 +394,8 @@ class Node:
             for broker in self.brokers:
                 call("promote", broker.promote)
             schedule.set("promote", now + PROMOTE_EVERY)
+        if self.scheduler is not None:  # paces itself
+            self.scheduler.tick()
         if schedule.is_due("heartbeat", now):
             call("heartbeat", self._heartbeat)
             schedule.set("heartbeat", now + HEARTBEAT_EVERY)

@@ -5,6 +5,7 @@
 -- KEYS[3] delayed  taskq:{q}:delayed    retries waiting for their backoff (score = due ms)
 -- KEYS[4] dead     taskq:{q}:dead       dead-letter stream
 -- KEYS[5..]        result / inbox / batch / batch-events keys, referenced by index below
+--                  (and, for a dedup task, its dedup and waiters keys: see release_dedup)
 --
 -- ARGV[1] group, ARGV[2] consumer (this node), ARGV[3] result TTL ms, ARGV[4] now ms,
 -- then 8 fields per outcome:
@@ -26,6 +27,29 @@ local n_done, n_failed, n_retried, n_dead, n_suppressed = 0, 0, 0, 0, 0
 local inbox_items = {}
 local batch_counts = {}
 local acked = {}
+
+-- Dedup (dedup_enqueue.lua): a task id "dd-<hex of the key>-..." holds the key
+-- taskq:{q}:dedup:<key>. Its outcome also goes to the clients waiting on that key; then
+-- the key is released, or left to expire after its TTL (computed names: same {q} slot).
+local prefix = string.sub(stream, 1, #stream - 6)
+local function release_dedup(result_key, outcome)
+  local tid = string.match(result_key, ':result:(dd%-%x+%-.*)$')
+  if tid == nil then return end
+  local key = (string.gsub(string.match(tid, '^dd%-(%x+)%-'), '%x%x',
+                           function(h) return string.char(tonumber(h, 16)) end))
+  local dk, wk = prefix .. 'dedup:' .. key, prefix .. 'dedupw:' .. key
+  for _, client in ipairs(redis.call('SMEMBERS', wk)) do
+    local inbox = prefix .. 'inbox:' .. client
+    redis.call('RPUSH', inbox, '[' .. outcome .. ']')
+    redis.call('PEXPIRE', inbox, ttl)
+  end
+  redis.call('DEL', wk)
+  local record = redis.call('GET', dk)
+  if record and string.sub(record, 1, #tid + 1) == tid .. '|' then
+    local keep = tonumber(string.match(record, '^[^|]*|(%d+)|')) or 0
+    if keep > 0 then redis.call('PEXPIRE', dk, keep) else redis.call('DEL', dk) end
+  end
+end
 
 for i = 5, #ARGV, 8 do
   local id, kind = ARGV[i], ARGV[i + 1]
@@ -52,6 +76,7 @@ for i = 5, #ARGV, 8 do
       end
       if rk > 0 then
         redis.call('SET', KEYS[rk], outcome, 'PX', ttl)
+        release_dedup(KEYS[rk], outcome)
       end
       if ik > 0 then
         local items = inbox_items[ik]
