@@ -6,14 +6,21 @@ of outstanding futures, and chunk sizing. How each call travels (by name or pick
 signed payload) is the Client's one rule (:mod:`taskq.client.calls`); the Backend only
 hands it this Pool's pickling context. Every chunk's Future resolves with a
 :class:`~taskq.message.ChunkResult`.
+
+Nothing here keeps a caller's callable alive: chunk sizes are measured per function but
+held by weak reference (a bound method's by its plain function, so its object is freed).
+A Backend never refers to its Executor/Pool, so they can be collected and shut it down.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import time
+import types
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures as cf
 from concurrent.futures import Future
@@ -26,6 +33,7 @@ from taskq.client.client import Client
 from taskq.config import env_queue, env_url
 from taskq.cpus import available_cpus
 from taskq.errors import TaskqError, WorkerLostError
+from taskq.local import lifetime
 from taskq.local.cluster import LocalCluster
 
 _MAX_CHUNK_BYTES = 8 * 1024 * 1024  # pickled data per message: well under the node's limit
@@ -111,9 +119,10 @@ class Backend:
         self.context = signed.Context(f"{kind}-{self.client.client_id}", initializer, initargs,
                                        None if self.cluster is not None else max_tasks)
         self.procs = self.cluster.procs if self.cluster is not None else (procs or self._remote_procs())
-        self._chunkers: dict[int, tuple[Any, AutoChunker]] = {}
+        self._chunkers: dict[int, tuple[Callable[[], Any], AutoChunker]] = {}
         self._outstanding: set[Future[Any]] = set()
         self._lock = threading.Lock()
+        self._close_lock = threading.Lock()
         self.closed = False
 
     def _remote_procs(self) -> int:
@@ -170,12 +179,18 @@ class Backend:
         yield n, self._track(fut)
 
     def chunker(self, fn: Any) -> AutoChunker:
-        """Measurements are per function: a quick one must not inherit a slow one's sizes."""
-        hit = self._chunkers.get(id(fn))
-        if hit is None or hit[0] is not fn:
+        """Measurements are per function: a quick one must not inherit a slow one's sizes.
+        Held weakly where the callable allows it (a task name or a builtin is kept as is)."""
+        target = fn.__func__ if isinstance(fn, types.MethodType) else fn
+        hit = self._chunkers.get(id(target))
+        if hit is None or hit[0]() is not target:
             if len(self._chunkers) >= 64:
                 self._chunkers.clear()
-            hit = self._chunkers[id(fn)] = (fn, AutoChunker())
+            try:
+                ref: Callable[[], Any] = weakref.ref(target)
+            except TypeError:  # a name or a builtin: nothing worth freeing behind it
+                ref = functools.partial(_same, target)
+            hit = self._chunkers[id(target)] = (ref, AutoChunker())
         return hit[1]
 
     def chunksize(self, fn: Any, chunksize: ChunkSize, n: int | None) -> int:
@@ -221,12 +236,30 @@ class Backend:
         self.fail_all(WorkerLostError(reason))
 
     def close(self, *, kill: bool = False) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        with self._close_lock:  # from shutdown, a finalizer's thread and exit at once
+            if self.closed:
+                return
+            self.closed = True
+        lifetime.cancel(self.finish)
         self.client.close()
         if self.cluster is not None:
             self.cluster.stop(kill=kill)
+
+    def finish(self) -> None:
+        """Let the outstanding futures resolve, then close (the stdlib's exit behaviour)."""
+        if not self.closed:
+            self.wait_all()
+        self.close()
+
+    def finish_later(self) -> None:
+        """:meth:`finish` in a thread: for a finalizer, which must not block the thread
+        that happened to drop the last reference (at exit, :meth:`finish` still waits)."""
+        if not self.closed:
+            threading.Thread(target=self.finish, name="taskq-backend-finish", daemon=True).start()
+
+
+def _same(obj: Any) -> Any:
+    return obj
 
 
 def _failed(exc: BaseException) -> Future[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures as cf
 from concurrent.futures import Future
@@ -18,6 +19,7 @@ from typing import Any
 from taskq.client.client import Client
 from taskq.compat.backend import Backend, ChunkSize
 from taskq.local import lifetime
+from taskq.message import ChunkResult
 
 
 class Executor(cf.Executor):
@@ -27,6 +29,10 @@ class Executor(cf.Executor):
     ``ProcessPoolExecutor(4)`` ports unchanged). ``max_workers`` is the local node's
     process count (local mode) or a chunk-sizing hint (remote mode). ``queue`` defaults
     to ``TASKQ_QUEUE`` (else ``default``), as for a Client.
+
+    Nothing outside the caller refers to an Executor (the exit hook and the finalizer
+    hold its Backend), so one dropped without ``shutdown()`` is collected and shut down:
+    pending futures still resolve, then its local cluster stops, as the stdlib's does.
     """
 
     def __init__(
@@ -44,7 +50,9 @@ class Executor(cf.Executor):
                                 max_tasks=max_tasks_per_child, kind="executor")
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
-        lifetime.at_exit(lifetime.Phase.FINISH_WORK, self._at_exit)
+        lifetime.at_exit(lifetime.Phase.FINISH_WORK, self._backend.finish)  # like the stdlib
+        self._finalizer = weakref.finalize(self, self._backend.finish_later)
+        self._finalizer.atexit = False  # at exit, the lifetime hook above runs in its phase
 
     @property
     def client(self) -> Client:
@@ -71,7 +79,7 @@ class Executor(cf.Executor):
         return _ordered(sent, end)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        lifetime.cancel(self._at_exit)
+        self._finalizer.detach()
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
@@ -88,9 +96,6 @@ class Executor(cf.Executor):
         self._backend.wait_all()
         self._backend.close()
 
-    def _at_exit(self) -> None:  # like the stdlib: pending work finishes before exit
-        self.shutdown(wait=True)
-
 
 def _ordered(sent: list[Future[Any]], end: float | None) -> Iterator[Any]:
     """Values of the chunk Futures in order (each a ChunkResult), raising at the first
@@ -99,9 +104,18 @@ def _ordered(sent: list[Future[Any]], end: float | None) -> Iterator[Any]:
     try:
         while sent:
             left = None if end is None else end - time.monotonic()
-            result = sent[-1].result(left)
-            sent.pop()
-            yield from result
+            chunk = sent[-1].result(left)
+            sent.pop()  # the chunk is now referenced from here only
+            for i in range(len(chunk)):
+                yield _take(chunk, i)  # no local keeps it: the caller may free it
     finally:
         for fut in sent:
             fut.cancel()
+
+
+def _take(chunk: ChunkResult, index: int) -> Any:
+    """Item ``index`` (or raise its error), no longer held by the chunk: the stdlib's map
+    keeps no reference to a result it has yielded."""
+    value = chunk.item(index)
+    chunk.values[index] = None
+    return value

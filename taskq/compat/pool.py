@@ -14,6 +14,7 @@ import itertools
 import multiprocessing
 import queue as queue_mod
 import threading
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -321,7 +322,9 @@ class Pool:
     def __exit__(self, *exc: object) -> None:
         self.terminate()
 
-    def __del__(self) -> None:
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_state", None) == _RUN:  # the stdlib's warning, word for word
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
         backend = getattr(self, "_backend", None)
         if backend is not None and not backend.closed:
             backend.close(kill=True)
