@@ -16,9 +16,13 @@ import functools
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 
 from taskq.cpus import available_cpus
 from taskq.errors import ConfigError
@@ -192,11 +196,59 @@ def parse_metrics(text: str, what: str = "--metrics") -> tuple[str, int]:
     return host, number
 
 
+_URL_FORMS = "redis://[[user]:password@]host[:port][/db], rediss://… or unix://path[?db=N]"
+_URL_STRING_OPTIONS = frozenset({
+    "username", "password", "client_name", "protocol", "ssl_cert_reqs", "ssl_ca_certs",
+    "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_min_version",
+})
+"""Query options redis-py passes on as strings (the typed ones it parses itself)."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked (``redis://user:***@host``, ``?password=***``):
+    for every message and log line that names a URL."""
+    def mask(m: re.Match[str]) -> str:
+        user, sep, _ = m[2].partition(":")
+        return f"{m[1]}{user}:***@" if sep else f"{m[1]}***@"  # a lone userinfo is a password
+
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@", mask, url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+
+
 def validate_url(url: str) -> str:
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(
-            f"invalid Redis URL {url!r}: expected redis://host:port/db, rediss://… or unix://path"
-        )
+    """Refuse every URL redis-py would read differently from what it says (a db that is
+    not a number is silently db 0 there, ``/1/2`` is db 12, an unknown option or a
+    ``#fragment`` is ignored): a wrong URL must never reach some other database."""
+    def invalid(why: str) -> ConfigError:
+        return ConfigError(f"invalid Redis URL {redact_url(url)!r}: {why} (expected {_URL_FORMS})")
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise invalid(f"unknown scheme {parts.scheme + ':' if parts.scheme else 'none'}")
+    if parts.fragment or url.endswith("#"):
+        raise invalid("a #fragment means nothing to Redis")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise invalid("no socket path")
+    else:
+        if not parts.hostname and port is not None:
+            raise invalid("no host")
+        db = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if db and not db.isdigit():
+            raise invalid(f"the database {db!r} is not a number")
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        if parser is not None:
+            try:
+                parser(value)
+            except (ValueError, TypeError):
+                raise invalid(f"option {name}={value!r} is not valid") from None
+        elif name not in _URL_STRING_OPTIONS:
+            raise invalid(f"unknown option {name!r}")
     return url
 
 

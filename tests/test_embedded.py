@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -306,3 +307,44 @@ def test_local_mode_exit_finishes_work_writes_back_then_stops_everything(tmp_pat
     while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)  # a node's pool processes may take a moment after their parent
     assert [pid for pid in children if not _gone(pid)] == []
+
+
+SIGKILLED_PROGRAM = '''
+import sys, time
+import psutil
+import taskq
+
+if __name__ == "__main__":
+    executor = taskq.Executor(1)
+    assert executor.submit(pow, 2, 5).result(timeout=60) == 32
+    servers = [p for p in psutil.Process().children(recursive=True) if p.name() == "redis-server"]
+    print(*[p.pid for p in servers], flush=True)
+    time.sleep(120)  # SIGKILLed here: no atexit hook runs
+'''
+
+
+@pytest.mark.usefixtures("binary")
+@pytest.mark.timeout(90)
+def test_a_sigkilled_local_mode_program_leaves_no_server_and_no_temp_dir(tmp_path: Path) -> None:
+    program = tmp_path / "program.py"
+    program.write_text(SIGKILLED_PROGRAM)
+    proc = subprocess.Popen([sys.executable, str(program)], stdout=subprocess.PIPE, text=True,
+                            env=LOCAL_ENV, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        servers = [int(pid) for pid in proc.stdout.readline().split()]
+        assert servers, "the program started no embedded redis-server"
+        cmdlines = " ".join(" ".join(psutil.Process(pid).cmdline()) for pid in servers)
+        dirs = sorted(set(re.findall(rf"/\S*?taskq-redis-{proc.pid}-[^/\s]+", cmdlines)))
+        assert dirs and all(os.path.isdir(d) for d in dirs)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while not all(_gone(pid) for pid in servers) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kernel's SIGTERM (PDEATHSIG) and redis's own exit
+    assert [pid for pid in servers if not _gone(pid)] == []
+    assert all(os.path.isdir(d) for d in dirs)  # nothing ran at the kill: left behind...
+    with EmbeddedRedis() as server:  # ...until the next start on this machine
+        assert server.running
+    assert [d for d in dirs if os.path.exists(d)] == []

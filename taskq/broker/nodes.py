@@ -36,7 +36,12 @@ def remove_node(client: redis.Redis, node_id: str) -> None:
         client.delete(node_key(node_id))
 
 
-def live_nodes(client: redis.Redis, max_age: float = 30.0) -> list[dict[str, str]]:
+NODE_MAX_AGE = 15.0
+"""Seconds since its last heartbeat after which a node no longer counts as live: three
+heartbeats (a node beats every 5 s), so a SIGKILLed node is gone from every view soon."""
+
+
+def live_nodes(client: redis.Redis, max_age: float = NODE_MAX_AGE) -> list[dict[str, str]]:
     cutoff = int((time.time() - max_age) * 1000)
     ids: Any = client.zrangebyscore(NODES_KEY, cutoff, "+inf")
     nodes = []

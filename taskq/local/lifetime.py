@@ -16,12 +16,23 @@ callback here, in one of these phases, and one ``atexit`` hook runs them in orde
 Within a phase, callbacks run last-registered first (like ``atexit``). A callback that
 fails (or is interrupted by Ctrl-C while waiting) is reported on stderr and the later
 ones still run, so the servers are always stopped.
+
+A SIGKILL runs no hook: for that, every child local mode starts (node, redis-server) is
+told by the kernel to die with its parent (:func:`die_with_parent`, Linux
+``PR_SET_PDEATHSIG``), and temp dirs named after a dead owner are removed on the next
+start (:func:`remove_stale_dirs`).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import ctypes
 import enum
+import glob
+import os
+import shutil
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -73,3 +84,40 @@ def run_all() -> None:
 
 
 atexit.register(run_all)
+
+_libc: ctypes.CDLL | None = None
+if sys.platform.startswith("linux"):
+    with contextlib.suppress(OSError):
+        _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> None:  # a Popen preexec_fn: runs in the child before exec, no locks
+    """The kernel sends this child SIGTERM when its parent dies, SIGKILL included. (It
+    follows the thread that forked: local mode starts its children from the thread
+    that makes the first Executor/Pool, and they stop with it at exit anyway.)"""
+    if _libc is not None:
+        _libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
+def owned_prefix(kind: str) -> str:
+    """The prefix of a temp dir this process owns: ``taskq-<kind>-<pid>-``."""
+    return f"taskq-{kind}-{os.getpid()}-"
+
+
+def remove_stale_dirs(kind: str, parents: tuple[str, ...]) -> list[str]:
+    """Remove this user's ``taskq-<kind>-<pid>-*`` dirs under ``parents`` whose owner pid
+    is gone (a SIGKILLed program left them); the ones removed."""
+    removed = []
+    for parent in dict.fromkeys(parents):
+        for path in glob.glob(os.path.join(parent, f"taskq-{kind}-*-*")):
+            pid_text = os.path.basename(path)[len(f"taskq-{kind}-"):].split("-", 1)[0]
+            try:
+                if not pid_text.isdigit() or os.stat(path).st_uid != os.getuid():
+                    continue
+                os.kill(int(pid_text), 0)
+            except ProcessLookupError:  # the owner is gone
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+            except OSError:  # alive (another user's), or vanished meanwhile
+                continue
+    return removed

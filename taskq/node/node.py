@@ -46,7 +46,7 @@ from taskq.message import Entry, Report
 from taskq.node import runner, scheduler
 from taskq.node.holdings import Holdings, log_task
 from taskq.node.outage import DOWN, Backoff, outage
-from taskq.node.pool import Done, Job, SupervisedPool
+from taskq.node.pool import Done, Job, PoolInitError, SupervisedPool
 from taskq.node.schedule import Schedule
 from taskq.node.telemetry import Telemetry
 
@@ -163,6 +163,9 @@ class Node:
             while not self.finished():
                 self.step()
             self.stop()
+        except PoolInitError:
+            self.stop()  # hand back what was claimed: no process here can run it
+            raise
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for s, handler in old.items():
