@@ -97,6 +97,17 @@ class DeadLetteredError(TaskError):
         return (type(self), (self.message, self.remote_traceback))
 
 
+class TaskLostError(TaskError):
+    """Redis no longer knows the task (it restarted without its data, or was flushed):
+    it is neither queued, running, delayed nor done, so no outcome will ever come."""
+
+    def __init__(self, message: str, remote_traceback: str = "") -> None:
+        super().__init__("TaskLostError", message, remote_traceback)
+
+    def __reduce__(self) -> tuple[type[TaskLostError], tuple[str, str]]:  # type: ignore[override]
+        return (type(self), (self.message, self.remote_traceback))
+
+
 _BY_NAME: dict[str, type[TaskError]] = {
     "WorkerLostError": WorkerLostError,
     "TaskTimeoutError": TaskTimeoutError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import as_completed
+from typing import Any
 
 import pytest
 import redis as redis_lib
@@ -162,3 +163,57 @@ def test_close_stops_the_listener_promptly(client: Client) -> None:
     (listener,) = [t for t in threading.enumerate() if t.name == name]
     client.close()
     assert not listener.is_alive()
+
+
+# -- hardening: a bad call fails alone, at the call ---------------------------------------
+
+
+def test_a_bad_call_fails_alone_at_the_call_and_its_neighbours_are_untouched(
+        client: Client) -> None:
+    errors: list[BaseException] = []
+    good: list[object] = []
+
+    def neighbour() -> None:  # another thread submitting while the bad call is made
+        try:
+            good.extend(client.submit(add, 10, i) for i in range(50))
+        except BaseException as exc:  # pragma: no cover - would fail the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=neighbour)
+    thread.start()
+    before = [client.submit(add, 1, i) for i in range(20)]
+    with pytest.raises(TypeError, match=r"\[0\]|set"):
+        client.submit("echo", {1, 2})  # by name, and a set: JSON cannot carry it
+    after = [client.submit(add, 2, i) for i in range(20)]
+    thread.join(10)
+    FakeNode(client).run_all()
+    assert not errors
+    assert [f.result(timeout=10) for f in before] == [1 + i for i in range(20)]
+    assert [f.result(timeout=10) for f in after] == [2 + i for i in range(20)]
+    assert [f.result(timeout=10) for f in good] == [10 + i for i in range(50)]  # type: ignore[attr-defined]
+    assert len(client._replies.waiting()) == 0  # the bad call left no future behind
+
+
+def test_a_message_over_the_size_limit_is_refused_on_the_producer(client: Client) -> None:
+    client.settings = client.settings.with_(max_message_bytes=4096)
+    with pytest.raises(ValueError, match="over the 4096-byte limit"):
+        client.submit("echo", "x" * 5000)
+    with pytest.raises(ValueError, match="4096-byte limit"):
+        client.send("echo", "x" * 5000)
+    assert client.redis.xlen(client.broker.keys.stream) == 0
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.map(add, [1], [2], chunksize=0),
+    lambda c: c.map(add, [1], [2], chunksize=-3),
+    lambda c: c.imap(add, [(1, 2)], window=0, star=True),
+    lambda c: c.imap(add, [(1, 2)], chunksize=0, star=True),
+    lambda c: c.apply(add, (1, 2), timeout=0),
+    lambda c: c.apply(add, (1, 2), timeout=-1),
+    lambda c: c.apply(add, (1, 2), timeout="soon"),
+], ids=["map-0", "map-neg", "imap-window-0", "imap-chunk-0", "apply-0", "apply-neg", "apply-str"])
+def test_bad_chunk_sizes_windows_and_timeouts_raise_at_the_call(client: Client, call: Any) -> None:
+    with pytest.raises(ValueError):
+        call(client)  # not an empty result, not a dead letter later
+    assert client.redis.xlen(client.broker.keys.stream) == 0 if client.redis.exists(
+        client.broker.keys.stream) else True

@@ -20,12 +20,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from taskq.broker import REDIS_DOWN, Broker, connect, unreachable
+from taskq.broker.queue import Signed
 from taskq.client import calls
 from taskq.client.calls import DEFAULT, CallOptions, TaskRef
 from taskq.client.replies import Replies
 from taskq.client.sender import Sender
-from taskq.config import Settings
+from taskq.client.watchdog import Watchdog, mark_sent
+from taskq.config import Settings, redact_url
 from taskq.errors import BrokerError, TaskError
 from taskq.message import SIGNED_TTL, ChunkResult, Outcome, TaskMessage, decode_outcome, sign
 
@@ -33,6 +37,9 @@ if TYPE_CHECKING:
     from taskq.signed import Context
 
 log = logging.getLogger("taskq.client")
+
+Envelope = tuple[str, "Future[Any] | None", bytes, "bytes | None"]
+"""What the sender writes: task id, its Future (None: fire-and-forget), body, signature."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +115,12 @@ class Client:
             lambda: self.settings.secret)
         self._closed = False
         self._group_ready = False
-        self._sender: Sender[TaskMessage] = Sender(
+        self._sender: Sender[Envelope] = Sender(
             self._write, self._write_failed, name=f"taskq-sender-{self.client_id}"
         )
+        self._watchdog = Watchdog(self.broker, self.settings.lease,
+                                  self._replies.waiting_futures, self._replies.resolve,
+                                  self._replies.forget)
         self._context: Context | None = None  # made on the first call that travels pickled
         self.message_ttl = SIGNED_TTL
         """Seconds a signed envelope stays runnable (``exp``): a node dead-letters it later."""
@@ -152,55 +162,80 @@ class Client:
 
     def submit_message(self, msg: TaskMessage) -> Future[Any]:
         """Send a built message (group-committed with other submits); its Future."""
-        (fut,) = self._track([msg])
-        self._sender.put(msg)
+        body, signature = self._envelope(msg)  # a bad call fails here, alone
+        (fut,) = self._replies.track([msg.id])
+        self._sender.put((msg.id, fut, body, signature))
         return fut
 
-    def _enqueue(
-        self, messages: Sequence[TaskMessage], batch: tuple[str, dict[str, str]] | None = None
-    ) -> None:
-        """XADD every message in one pipelined round trip (a batch hash first)."""
+    def _envelope(self, msg: TaskMessage) -> Signed:
+        """The bytes that go on the stream, encoded in the caller's thread: a value JSON
+        cannot carry, or a message over the size limit, raises at the call that made it
+        (TypeError naming the argument, ValueError with the limit), never fails the
+        calls group-committed with it. The sender thread then only writes bytes."""
+        if not self._group_ready:
+            self._first_use()
+        secret = self.settings.secret
+        if secret is None:
+            body, signature = msg.encode(), None
+        else:  # with a secret every envelope is signed: bound to the queue, with an expiry
+            body = msg.encode(time.time() + self.message_ttl)
+            signature = sign(secret, self.queue, body)
+        if len(body) > self.settings.max_message_bytes:
+            raise ValueError(
+                f"task {msg.task!r}: its message is {len(body)} bytes, over the "
+                f"{self.settings.max_message_bytes}-byte limit (Settings.max_message_bytes): "
+                "pass a reference to large data (a path, a key), not the data")
+        return body, signature
+
+    def _first_use(self) -> None:
+        """Create the stream's group once, in the caller's thread: a Redis that cannot be
+        reached, or refuses our writes (a read-only user, a replica), is one prompt error
+        at the first call, not retries and thread tracebacks."""
         try:
-            self._write(messages, batch)
+            self.broker.ensure_group()
+        except REDIS_DOWN as exc:
+            raise unreachable(self.url, exc) from None
+        except redis.ResponseError as exc:  # NOPERM, READONLY
+            raise BrokerError(f"Redis at {redact_url(self.url)} refuses taskq's writes: "
+                              f"{exc}") from None
+        self._group_ready = True
+
+    def _enqueue(
+        self, envelopes: Sequence[Envelope], batch: tuple[str, dict[str, str]] | None = None
+    ) -> None:
+        """XADD every envelope in one pipelined round trip (a batch hash first)."""
+        try:
+            self._write(envelopes, batch)
         except REDIS_DOWN as exc:
             raise unreachable(self.url, exc) from None
 
     def _write(
-        self, messages: Sequence[TaskMessage], batch: tuple[str, dict[str, str]] | None = None
+        self, envelopes: Sequence[Envelope], batch: tuple[str, dict[str, str]] | None = None
     ) -> None:
-        if not self._group_ready:
-            self.broker.ensure_group()
-            self._group_ready = True
-        secret = self.settings.secret
-        envelopes: list[tuple[bytes, bytes | None]] = []
-        if secret is None:
-            envelopes = [(msg.encode(), None) for msg in messages]
-        else:  # with a secret every envelope is signed: bound to the queue, with an expiry
-            expires = time.time() + self.message_ttl
-            for msg in messages:
-                body = msg.encode(expires)
-                envelopes.append((body, sign(secret, self.queue, body)))
-        self.broker.enqueue(envelopes, None if batch is None else (
-            batch[0], self.settings.result_ttl, batch[1]))
+        entry_ids = self.broker.enqueue([(e[2], e[3]) for e in envelopes], None if batch is None
+                                        else (batch[0], self.settings.result_ttl, batch[1]))
+        now = time.monotonic()
+        for (_, fut, _, _), entry_id in zip(envelopes, entry_ids, strict=True):
+            if fut is not None:
+                mark_sent(fut, entry_id, now)  # where the lost-task watchdog looks for it
+        self._watchdog.start()
 
-    def _write_failed(self, messages: Sequence[TaskMessage], exc: BaseException) -> None:
+    def _write_failed(self, envelopes: Sequence[Envelope], exc: BaseException) -> None:
         """The sender gave up on these: their futures fail; a lost send is logged."""
-        error = BrokerError(f"cannot enqueue on Redis at {self.url}: {exc}")
-        for msg in messages:
-            fut = self._replies.forget(msg.id)
-            if fut is not None and not fut.done():
+        error = BrokerError(f"cannot enqueue on Redis at {redact_url(self.url)}: {exc}")
+        for task_id, fut, _, _ in envelopes:
+            if fut is None:
+                log.error("fire-and-forget task %s was not enqueued: %s", task_id, exc)
+            elif self._replies.forget(task_id) is fut and not fut.done():
                 fut.set_exception(error)
-            elif fut is None:
-                log.error("fire-and-forget task %s was not enqueued: %s", msg.id, exc)
-
-    def _track(self, messages: Sequence[TaskMessage]) -> list[Future[Any]]:
-        return self._replies.track([m.id for m in messages])
 
     def _submit_messages(self, messages: Sequence[TaskMessage],
                          batch: tuple[str, dict[str, str]] | None = None) -> list[Future[Any]]:
-        futures = self._track(messages)
+        encoded = [self._envelope(m) for m in messages]
+        futures = self._replies.track([m.id for m in messages])
         try:
-            self._enqueue(messages, batch)
+            self._enqueue([(m.id, f, *e) for m, f, e in zip(messages, futures, encoded,
+                                                            strict=True)], batch)
         except BaseException:
             for msg in messages:
                 self._replies.forget(msg.id)
@@ -224,10 +259,7 @@ class Client:
                 raise TypeError("apply() takes time_limit or its alias timeout, not both")
             time_limit = timeout
         options = DEFAULT if time_limit is None else CallOptions(time_limit=time_limit)
-        msg = self.message(fn, args, kwargs, options=options)
-        (fut,) = self._track([msg])
-        self._sender.put(msg)
-        return fut
+        return self.submit_message(self.message(fn, args, kwargs, options=options))
 
     def submit_many(
         self, fn: TaskRef, arglists: Iterable[Sequence[Any]], *, batch: bool = False,
@@ -248,7 +280,7 @@ class Client:
     def send(self, fn: TaskRef, /, *args: Any, **kwargs: Any) -> str:
         """Fire-and-forget: no result is stored, its completion is still counted."""
         msg = self.message(fn, args, kwargs, options=_FIRE_AND_FORGET)
-        self._sender.put(msg)
+        self._sender.put((msg.id, None, *self._envelope(msg)))
         return msg.id
 
     def send_many(self, fn: TaskRef, arglists: Iterable[Sequence[Any]], *,
@@ -260,7 +292,7 @@ class Client:
                 task_id=f"{batch_id}.{i}", reply=False, keep_result=keep_results, batch=batch_id))
             for i, args in enumerate(arglists)
         ]
-        self._enqueue(messages, (batch_id, extra))
+        self._enqueue([(m.id, None, *self._envelope(m)) for m in messages], (batch_id, extra))
         return Batch(self, batch_id, len(messages))
 
     def map(
@@ -270,8 +302,9 @@ class Client:
         """Like ``Executor.map``: every call is sent now, results come back in order.
         ``timeout`` bounds the wait for them (seconds from this call), not the tasks: a
         task's own time limit is :meth:`apply`'s ``time_limit`` or its ``@task(timeout=)``."""
+        _check_positive("chunksize", chunksize)
         items = list(zip(*iterables))  # noqa: B905 - stops at the shortest, like map()
-        chunks = [items[i:i + chunksize] for i in range(0, len(items), max(1, chunksize))]
+        chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
         messages = [self.message(fn, c, chunk=True) for c in chunks]
         futures = self._submit_messages(messages)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -282,13 +315,19 @@ class Client:
         star: bool = False,
     ) -> Iterator[Any]:
         """Lazy, ordered map over a possibly huge iterable with at most ``window``
-        chunks in flight: the input is never all in memory or in Redis."""
-        items = iter(iterable)
+        chunks in flight: the input is never all in memory or in Redis. A bad
+        ``chunksize`` or ``window`` raises ValueError here, not at the first ``next()``."""
+        _check_positive("chunksize", chunksize)
+        _check_positive("window", window)
+        return self._imap(fn, iter(iterable), chunksize, window, star)
+
+    def _imap(self, fn: TaskRef, items: Iterator[Any], chunksize: int, window: int,
+              star: bool) -> Iterator[Any]:
         in_flight: deque[Future[Any]] = deque()
 
         def refill() -> None:
             while len(in_flight) < window:
-                part = list(itertools.islice(items, max(1, chunksize)))
+                part = list(itertools.islice(items, chunksize))
                 if not part:
                     return
                 msg = self.message(fn, part, chunk=True, star=star)
@@ -321,6 +360,7 @@ class Client:
             return
         self._closed = True
         self._sender.close()
+        self._watchdog.close()
         self._replies.close()
         self.redis.close()
 
@@ -332,6 +372,12 @@ class Client:
 
 
 _FIRE_AND_FORGET = CallOptions(reply=False, keep_result=False)
+
+
+def _check_positive(name: str, value: Any) -> None:
+    """As the stdlib's map: a chunk size (or window) below 1 is an error, never 0 calls."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 def _chunk_results(futures: Sequence[Future[Any]], deadline: float | None) -> Iterator[Any]:

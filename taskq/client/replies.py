@@ -70,6 +70,11 @@ class Replies:
         with self._lock:
             return list(self._futures)
 
+    def waiting_futures(self) -> list[Future[Any]]:
+        """The futures still waiting (for the lost-task watchdog, client/watchdog.py)."""
+        with self._lock:
+            return list(self._futures.values())
+
     # -- the thread ---------------------------------------------------------------------
 
     def _ensure_thread(self) -> None:

@@ -3,7 +3,9 @@
 ``Client.submit`` in a loop must not pay one Redis round trip per call. Callers append
 to a buffer and return; one sender thread writes everything that accumulated while its
 previous round trip was in flight as one pipeline. An idle client sends at once (no
-timer, no linger), a busy one sends hundreds of tasks per round trip.
+timer, no linger), a busy one sends hundreds of tasks per round trip. Items arrive
+encoded (the caller's thread made the bytes, so a bad call never fails its neighbours);
+an outage of a Redis already used is retried for a while, logged once.
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ class Sender(Generic[T]):
                 if time.monotonic() + backoff > deadline:
                     self._failed(items, exc)
                     return
-                log.warning("enqueue failed (%s); retrying in %.2f s", exc, backoff)
+                if backoff == 0.05:  # one line per outage, not one per retry
+                    log.warning("enqueue failed (%s); retrying for up to %.0f s",
+                                exc, self._retry_for)
                 time.sleep(backoff)  # the only thing this thread can do: wait out the outage
                 backoff = min(backoff * 2, 2.0)
             except Exception as exc:
