@@ -6,30 +6,38 @@ stderr, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import click
 import redis
 
 from taskq import registry
-from taskq.broker import Broker, connect, unreachable
+from taskq.broker import REDIS_DOWN, Broker, connect, procs_serving, unreachable
 from taskq.client import Client
 from taskq.config import DEFAULTS, Settings, parse_metrics
 from taskq.errors import BrokerError, ConfigError, TaskError, TaskqError, UnknownTaskError
+from taskq.message import Entry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Failure(Exception):
     """A one-line failure with exit code 1 (a task failed, nothing found)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with what to do next (exit code 130)."""
 
 
 def friendly_errors(fn: F) -> F:
@@ -45,13 +53,28 @@ def friendly_errors(fn: F) -> F:
             _fail(f"task failed: {exc}")
         except (Failure, BrokerError, TaskqError) as exc:
             _fail(str(exc))
+        except REDIS_DOWN as exc:
+            _fail(str(unreachable(_current_url(), exc)))
         except redis.RedisError as exc:
             _fail(f"Redis error: {exc}")
+        except Interrupted as exc:
+            click.echo(f"taskq: {exc}", err=True)
+            sys.exit(130)
         except KeyboardInterrupt:
             click.echo("taskq: interrupted", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _current_url() -> str:
+    """The URL the running command uses (for an error message: it is masked there)."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.find_root().obj.get("url") if ctx is not None and ctx.find_root().obj else None
+    try:
+        return Settings.from_env(url=given).url
+    except TaskqError:
+        return given or "?"
 
 
 def _fail(message: str) -> None:
@@ -103,6 +126,47 @@ url_option = click.option(
 )
 
 
+def _store_url(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:  # given after the subcommand: it wins over the group's
+        ctx.find_root().ensure_object(dict)["url"] = value
+
+
+def global_options(fn: F) -> F:
+    """The group's options, accepted after the subcommand too (``taskq worker --url U``,
+    as rq and celery users type it)."""
+    return click.option(
+        "--url", default=None, expose_value=False, is_eager=True, callback=_store_url,
+        help=f"Redis URL (default {_default('url')}; env TASKQ_URL).")(fn)
+
+
+class ArgsCommand(click.Command):
+    """A command whose ARGS may be negative numbers (``taskq enqueue primes -5 5``): an
+    unknown option that is not a number is still an error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("context_settings", {})["ignore_unknown_options"] = True
+        super().__init__(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        for arg in ctx.params.get("args", ()):
+            if arg.startswith("-") and not _is_number(arg):
+                raise click.NoSuchOption(arg, ctx=ctx)
+        return super().invoke(ctx)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+MAX_TASKS = 100_000
+"""Most tasks one ``taskq enqueue`` splits a range into (each is a message in memory)."""
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @url_option
 @click.version_option(package_name="taskq")
@@ -126,6 +190,12 @@ def _plan(task_name: str, args: Sequence[Any], chunk_size: int) -> tuple[registr
         start, end = args
         if chunk_size < 1:
             raise ConfigError("--chunk-size must be at least 1")
+        count = len(range(start, end, chunk_size))  # counted, not built
+        if count > MAX_TASKS:
+            raise ConfigError(
+                f"{task_name} {start} {end} makes {count} tasks of --chunk-size {chunk_size}, "
+                f"at most {MAX_TASKS} are sent at once: raise --chunk-size to at least "
+                f"{-(-(end - start) // MAX_TASKS)}")
         calls = [[s, min(s + chunk_size, end)] for s in range(start, end, chunk_size)]
         for call in calls or [list(args)]:
             registry.check_call(spec, call, {})
@@ -136,30 +206,54 @@ def _plan(task_name: str, args: Sequence[Any], chunk_size: int) -> tuple[registr
 
 def _submit_and_report(client: Client, spec: registry.TaskSpec, calls: list[list[Any]],
                        no_wait: bool, timeout: float | None,
-                       node_died: Callable[[], str | None] = lambda: None) -> None:
+                       node_died: Callable[[], str | None] | None = None) -> None:
+    """Send the calls as one batch and wait for its result, with a progress bar. With
+    ``node_died`` (``taskq run``'s own node), that node's death ends the wait; without it
+    (``taskq enqueue``), a queue no live node serves is said once, and Ctrl-C says how to
+    fetch the result later."""
     reduce = spec.reduce if len(calls) > 1 or spec.split_range else None
-    if no_wait:
-        futures, batch = client.submit_many(spec.name, calls, batch=True, reduce=reduce)
-        assert batch is not None
-        click.echo(batch.id)
-        return
     futures, batch = client.submit_many(spec.name, calls, batch=True, reduce=reduce)
     assert batch is not None
+    if no_wait:
+        click.echo(batch.id)
+        return
+    try:
+        _wait_for(client, futures, spec.name, batch.id, timeout, node_died)
+    except KeyboardInterrupt:
+        if node_died is not None:
+            raise  # `taskq run`: its node stops with it, nothing to fetch later
+        raise Interrupted(f"interrupted; batch {batch.id} goes on: "
+                          f"`taskq result {batch.id}` later") from None
+    values = [f.result() for f in futures]
+    click.echo(_format(_reduce(reduce, values)))
+
+
+NO_NODE_CHECK_EVERY = 5.0
+"""Seconds between the checks for a live node while ``taskq enqueue`` waits."""
+
+
+def _wait_for(client: Client, futures: list[Future[Any]], label: str, batch_id: str,
+              timeout: float | None, node_died: Callable[[], str | None] | None) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = set(futures)
-    with click.progressbar(length=len(futures), label=f"{spec.name}", file=sys.stderr,
+    next_check, warned = time.monotonic(), False
+    with click.progressbar(length=len(futures), label=label, file=sys.stderr,
                            show_pos=True) as bar:
         while pending:
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if left <= 0:
-                raise Failure(f"timed out; the tasks go on: `taskq result {batch.id}` later")
-            problem = node_died()
+                raise Failure(f"timed out; the tasks go on: `taskq result {batch_id}` later")
+            problem = node_died() if node_died is not None else None
             if problem:
                 raise Failure(problem)
+            if node_died is None and not warned and time.monotonic() >= next_check:
+                next_check = time.monotonic() + NO_NODE_CHECK_EVERY
+                if procs_serving(client.redis, client.queue) == 0:
+                    warned = True  # once: nodes may come, the wait goes on
+                    click.echo(f"\ntaskq: no live node serves queue {client.queue!r}; "
+                               "waiting… (start one: taskq worker)", err=True)
             finished, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
             bar.update(len(finished))
-    values = [f.result() for f in futures]
-    click.echo(_format(_reduce(reduce, values)))
 
 
 def _reduce(how: str | None, values: list[Any]) -> Any:
@@ -172,14 +266,15 @@ def _format(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-@cli.command()
+@cli.command(cls=ArgsCommand)
 @click.argument("task")
 @click.argument("args", nargs=-1)
 @click.option("--queue", "-q", default=None, help=f"Queue to use (default {_default('queues')!r}).")
 @click.option("--chunk-size", default=10_000, show_default=True,
               help="Items per task when a range task such as primes is split.")
 @click.option("--no-wait", is_flag=True, help="Print the batch id and return at once.")
-@click.option("--timeout", type=float, default=None, help="Seconds to wait for results.")
+@click.option("--timeout", type=_POSITIVE, default=None, help="Seconds to wait for results.")
+@global_options
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
               help="Module whose @task functions to register (repeatable).")
 @click.pass_context
@@ -197,7 +292,7 @@ def enqueue(ctx: click.Context, task: str, args: tuple[str, ...], queue: str | N
         _submit_and_report(client, spec, calls, no_wait, timeout)
 
 
-@cli.command()
+@cli.command(cls=ArgsCommand)
 @click.argument("task")
 @click.argument("args", nargs=-1)
 @click.option("--procs", "-p", type=int, default=None, help="Pool processes (default: CPU count).")
@@ -240,10 +335,11 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing is in flight.")
 @click.option("--lease", type=float, default=None,
               help=f"Seconds before an unrenewed task is reclaimed (default {_default('lease')}).")
-@click.option("--max-tasks-per-child", type=int, default=None, help="Replace a process after N tasks.")
-@click.option("--max-memory-per-child", type=float, default=None, metavar="MB",
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), default=None,
+              help="Replace a process after N tasks.")
+@click.option("--max-memory-per-child", type=_POSITIVE, default=None, metavar="MB",
               help="Replace a process whose resident memory passes MB.")
-@click.option("--shutdown-timeout", type=float, default=None,
+@click.option("--shutdown-timeout", type=_POSITIVE, default=None,
               help=f"Seconds a graceful stop waits for running tasks "
                    f"(default {_default('shutdown_timeout')}).")
 @click.option("--max-deliveries", type=int, default=None,
@@ -262,6 +358,7 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
 @click.option("--log-format", default="text", show_default=True,
               type=click.Choice(["text", "json"], case_sensitive=False),
               help="json: one JSON object per line (ts, level, logger, message, fields).")
+@global_options
 @click.pass_context
 @friendly_errors
 def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim_size: int | None,
@@ -284,6 +381,8 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim
             raise ConfigError(f"--init-args is not valid JSON: {exc}") from None
         if not isinstance(parsed_args, list):
             raise ConfigError("--init-args must be a JSON array of arguments")
+        if not init:
+            raise ConfigError("--init-args needs --init MODULE:FUNC (the initializer they are for)")
     if init:
         registry.resolve_callable(init)  # fail here, in one line, not in every process
     settings = _settings(
@@ -294,6 +393,14 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim
         metrics=parse_metrics(metrics) if metrics else None,
         require_signed=require_signed or None,
     )
+    if procs is None:
+        from taskq.cpus import describe_cpus
+
+        choice = describe_cpus()
+        if choice.cpus == settings.procs:  # else TASKQ_PROCS chose
+            logging.getLogger("taskq.node").info(
+                "using %d processes: %s (choose with --procs or TASKQ_PROCS)",
+                settings.procs, choice.reason)
     node = Node(settings, imports=imports, init=init, init_args=parsed_args, burst=burst)
     try:
         node.client.ping()
@@ -320,6 +427,7 @@ def _hostport(address: tuple[str, int]) -> str:
 @cli.command()
 @click.argument("id")
 @click.option("--queue", "-q", default=None, help=f"Queue the task ran on (default {_default('queues')!r}).")
+@global_options
 @click.pass_context
 @friendly_errors
 def result(ctx: click.Context, id: str, queue: str | None) -> None:
@@ -347,17 +455,23 @@ def result(ctx: click.Context, id: str, queue: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @click.option("--interval", type=float, default=1.0, show_default=True,
               help="Seconds between the two samples the rates come from (0: no rates).")
+@click.option("--queue", "-q", "queues", multiple=True,
+              help="Only this queue, and the nodes serving it (repeatable).")
+@global_options
 @click.pass_context
 @friendly_errors
-def info(ctx: click.Context, as_json: bool, interval: float) -> None:
-    """Each queue's numbers, oldest waiting task and rates; live nodes and their processes."""
+def info(ctx: click.Context, as_json: bool, interval: float, queues: tuple[str, ...]) -> None:
+    """Each queue's numbers, oldest waiting task and rates; live nodes and their processes.
+
+    done: finished with a result; failed: finished with the task's own error; dead: in
+    the dead-letter stream now (`taskq dead list`), not counted in failed."""
     from taskq.broker import snapshot
     from taskq.info import as_json as info_json
-    from taskq.info import as_text, rates_between
+    from taskq.info import as_text, only_queues, rates_between
 
     if interval < 0:
         raise ConfigError("--interval must be >= 0")
-    settings = _settings(ctx)
+    settings = _settings(ctx, queues=queues or None)  # validates the names
     client = connect(settings.url, socket_connect_timeout=5.0, socket_timeout=10.0)
     try:
         first = snapshot.take(client)
@@ -368,6 +482,8 @@ def info(ctx: click.Context, as_json: bool, interval: float) -> None:
             snap = first
     except redis.RedisError as exc:
         raise unreachable(settings.url, exc) from None
+    if queues:
+        snap = only_queues(snap, queues)
     rates = rates_between(first, snap) if interval else {}
     click.echo(json.dumps(info_json(snap, rates), sort_keys=True) if as_json
                else as_text(snap, rates))
@@ -387,18 +503,46 @@ def _dead_broker(ctx: click.Context, queue: str | None) -> Broker:
 @dead.command("list")
 @click.option("--queue", "-q", default=None)
 @click.option("--limit", default=100, show_default=True)
+@global_options
 @click.pass_context
 @friendly_errors
 def dead_list(ctx: click.Context, queue: str | None, limit: int) -> None:
-    """List dead-lettered tasks: id, reason."""
-    for dead_id, fields in _dead_broker(ctx, queue).dead_entries(limit):
-        click.echo(f"{dead_id}  {fields.get(b'reason', b'').decode(errors='replace')}")
+    """List dead-lettered tasks: dead-letter id, task id, task, time (UTC), reason, error."""
+    rows = [_dead_row(dead_id, fields)
+            for dead_id, fields in _dead_broker(ctx, queue).dead_entries(limit)]
+    if not rows:
+        return
+    header = ("dead id", "task id", "task", "time (UTC)", "reason", "error")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, *row[4:]]).rstrip())
+
+
+def _dead_row(dead_id: str, fields: dict[bytes, bytes]) -> tuple[str, ...]:
+    """One dead letter as text cells; whatever it holds, it prints (it may be a forgery)."""
+    def text(value: Any, most: int) -> str:
+        flat = " ".join(str(value).split())
+        return flat if len(flat) <= most else flat[:most - 1] + "…"
+
+    task_id = name = "?"
+    with contextlib.suppress(Exception):
+        env = json.loads(Entry.unpack(fields[b"packed"]).body)
+        task_id, name = text(env.get("id", "?"), 40), text(env.get("t", "?"), 40)
+    error = fields.get(b"error", b"").decode(errors="replace")
+    with contextlib.suppress(Exception):
+        triple = json.loads(error)["e"]
+        error = f"{triple[0]}: {triple[1]}"
+    when = datetime.fromtimestamp(int(dead_id.split("-")[0]) / 1000, timezone.utc)
+    return (dead_id, task_id, name, when.strftime("%Y-%m-%d %H:%M:%S"),
+            text(fields.get(b"reason", b"").decode(errors="replace"), 60), text(error, 100))
 
 
 @dead.command("retry")
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Retry every dead-lettered task.")
 @click.option("--queue", "-q", default=None)
+@global_options
 @click.pass_context
 @friendly_errors
 def dead_retry(ctx: click.Context, ids: tuple[str, ...], all_: bool, queue: str | None) -> None:
@@ -406,11 +550,16 @@ def dead_retry(ctx: click.Context, ids: tuple[str, ...], all_: bool, queue: str 
     if not ids and not all_:
         raise ConfigError("give dead-letter IDs or --all")
     n = _dead_broker(ctx, queue).dead_retry(None if all_ else list(ids))
+    if not all_ and n < len(set(ids)):
+        raise Failure(f"requeued {n} of {len(set(ids))}: no dead letter with "
+                      f"{'that id' if len(ids) == 1 else 'some of those ids'} on this queue "
+                      "(see `taskq dead list`)")
     click.echo(f"requeued {n} task(s)")
 
 
 @dead.command("purge")
 @click.option("--queue", "-q", default=None)
+@global_options
 @click.pass_context
 @friendly_errors
 def dead_purge(ctx: click.Context, queue: str | None) -> None:
@@ -434,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="taskq", standalone_mode=False)
     except click.UsageError as exc:
-        hint = f" (see 'taskq {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else (
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx and exc.ctx.parent else (
             " (see 'taskq --help')")
         _usage_error(exc.format_message() + hint)
     except click.ClickException as exc:

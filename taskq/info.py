@@ -1,26 +1,47 @@
 """``taskq info``: the cluster as one terminal page or one JSON object, from
 :func:`taskq.broker.snapshot.take` (bounded, pipelined reads): each queue's numbers, its
 oldest waiting task's age and done/failed rates (two snapshots apart), the live nodes and
-the process table each publishes in its heartbeat."""
+the process table each publishes in its heartbeat.
+
+What the columns mean: ``done`` finished with a result; ``failed`` finished with the
+task's own error (dead letters are *not* counted again there, though the stats hash's
+``failed`` counter includes them); ``dead`` is in the dead-letter stream now (``taskq dead
+list``). A node is live while its last heartbeat is under
+:data:`~taskq.broker.nodes.NODE_MAX_AGE` old (three heartbeats); its age is shown."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from taskq.broker.snapshot import Snapshot
 
 
+def failed(counters: dict[str, int]) -> int:
+    """Tasks that failed with their own error: the ``failed`` counter counts dead letters
+    too (complete.lua increments both), shown in their own column."""
+    return max(0, counters.get("failed", 0) - counters.get("dead", 0))
+
+
+def only_queues(snap: Snapshot, names: Sequence[str]) -> Snapshot:
+    """``snap`` cut to the queues ``names`` and the nodes serving any of them."""
+    wanted = set(names)
+    nodes = [n for n in snap.nodes if wanted & set(n.queues)]
+    return dataclasses.replace(snap, queues=[q for q in snap.queues if q.name in wanted],
+                               nodes=nodes, nodes_live=len(nodes))
+
+
 def rates_between(a: Snapshot, b: Snapshot) -> dict[str, tuple[float, float]]:
-    """done/s and failed/s per queue between two snapshots (Redis's clock)."""
+    """done/s and failed/s (dead letters apart) per queue between two snapshots (Redis's
+    clock)."""
     dt = max(b.time - a.time, 1e-3)
     before = {q.name: q.counters for q in a.queues}
     out = {}
     for q in b.queues:
         old = before.get(q.name, {})
-        done, failed = (max(0, q.counters.get(k, 0) - old.get(k, 0)) / dt
-                        for k in ("done", "failed"))
-        out[q.name] = (done, failed)
+        done = max(0, q.counters.get("done", 0) - old.get("done", 0)) / dt
+        out[q.name] = (done, max(0, failed(q.counters) - failed(old)) / dt)
     return out
 
 
@@ -28,6 +49,7 @@ def as_json(snap: Snapshot, rates: dict[str, tuple[float, float]]) -> dict[str, 
     queues = []
     for q in snap.queues:
         row = dataclasses.asdict(q)
+        row["failed"] = failed(q.counters)  # dead letters apart; counters stay raw
         if q.name in rates:
             row["done_rate"], row["failed_rate"] = rates[q.name]
         queues.append(row)
@@ -44,14 +66,15 @@ def _age(seconds: float | None) -> str:
 def as_text(snap: Snapshot, rates: dict[str, tuple[float, float]]) -> str:
     out: list[str] = []
     echo = out.append
-    echo(f"{'queue':<20}{'queued':>10}{'in-flight':>11}{'delayed':>9}{'done':>10}"
-               f"{'failed':>9}{'dead':>7}{'oldest':>9}{'done/s':>9}{'failed/s':>10}")
+    width = max([len("queue"), *(len(q.name) for q in snap.queues)]) + 2  # names are <= 100
+    echo(f"{'queue':<{width}}{'queued':>10}{'in-flight':>11}{'delayed':>9}{'done':>10}"
+         f"{'failed':>9}{'dead':>7}{'oldest':>9}{'done/s':>9}{'failed/s':>10}")
     for q in snap.queues:
         c = q.counters
         done_rate, failed_rate = (f"{r:.1f}" for r in rates[q.name]) if q.name in rates else "--"
-        echo(f"{q.name:<20}{q.depth:>10}{q.in_flight:>11}{q.delayed:>9}{c.get('done', 0):>10}"
-                   f"{c.get('failed', 0):>9}{q.dead:>7}{_age(q.oldest_age):>9}{done_rate:>9}"
-                   f"{failed_rate:>10}")
+        echo(f"{q.name:<{width}}{q.depth:>10}{q.in_flight:>11}{q.delayed:>9}{c.get('done', 0):>10}"
+             f"{failed(c):>9}{q.dead:>7}{_age(q.oldest_age):>9}{done_rate:>9}"
+             f"{failed_rate:>10}")
     echo(f"\n{snap.nodes_live} live node(s)")
     for n in snap.nodes:
         echo(f"  {n.id}  procs={n.procs} queues={','.join(n.queues)} processed={n.processed} "

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
+import time
 
 import click
 import pytest
+import redis as redis_lib
 
 from taskq.cli import cli, main, parse_arg
 from taskq.config import DEFAULTS, Settings, env_queue, env_url
@@ -104,3 +110,95 @@ def test_bad_claim_size(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
     exit_code, _, err = run(capsys, *args)
     assert (exit_code, err.count("\n")) == (2, 1), err
     assert needle in err, err
+
+
+# -- hardening (issue 9): the CLI as documented, bad input in one line -------------------
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["enqueue", "primes", "0", "100000000000"], 2, "at most 100000 are sent at once"),
+    (["enqueue", "primes", "0", "10", "--timeout", "0"], 2, "--timeout"),
+    (["enqueue", "primes", "0", "10", "--timeout", "-1"], 2, "--timeout"),
+    (["enqueue", "primes", "--bogus", "5"], 2, "No such option '--bogus'"),
+    (["worker", "--max-memory-per-child", "0"], 2, "--max-memory-per-child"),
+    (["worker", "--shutdown-timeout", "-1"], 2, "--shutdown-timeout"),
+    (["worker", "--max-tasks-per-child", "0"], 2, "--max-tasks-per-child"),
+    (["worker", "--init-args", "[1]"], 2, "--init-args needs --init"),
+    (["--url", "redis://host/abc", "info"], 2, "invalid Redis URL"),
+    (["info", "--url", "redis://host/abc"], 2, "invalid Redis URL"),
+    (["enqueue", "primes", "0", "10", "--url", UNREACHABLE], 1, "cannot reach Redis"),
+    (["worker", "--url", UNREACHABLE, "--procs", "1"], 1, "cannot reach Redis"),
+    (["result", "x", "--url", UNREACHABLE], 1, "cannot reach Redis"),
+    (["dead", "list", "--url", UNREACHABLE], 1, "cannot reach Redis"),
+    (["dead", "list", "--bogus"], 2, "(see 'taskq dead list --help')"),
+    (["--url", "redis://app:PASSWORD@127.0.0.1:1/0", "info"], 1, "redis://app:***@127.0.0.1"),
+])
+def test_bad_input_hardening(
+    capsys: pytest.CaptureFixture[str], args: list[str], code: int, needle: str
+) -> None:
+    exit_code, _, err = run(capsys, *args)
+    assert exit_code == code, err
+    assert err.startswith("taskq: error: ") and err.count("\n") == 1, err
+    assert needle in err and "PASSWORD" not in err, err
+
+
+def test_url_after_the_subcommand_wins_over_the_one_before(
+        capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+    code, out, err = run(capsys, "--url", UNREACHABLE, "enqueue", "primes", "-5", "5",
+                         "--no-wait", "--url", redis_url)
+    assert code == 0, err  # -5 is a number, not an option; the second --url was used
+    batch_id = out.strip()
+    assert batch_id and redis_lib.Redis.from_url(redis_url).exists(
+        f"taskq:{{default}}:batch:{batch_id}")
+
+
+def test_dead_retry_of_a_bad_or_unknown_id_is_one_line(
+        capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+    code, _, err = run(capsys, "dead", "retry", "nosuchid", "--url", redis_url)
+    assert (code, err.count("\n")) == (2, 1) and "is not a dead-letter id" in err, err
+    code, out, err = run(capsys, "dead", "retry", "0-0", "--url", redis_url)
+    assert (code, err.count("\n"), out) == (1, 1, ""), err
+    assert "no dead letter with that id" in err
+
+
+def test_dead_list_shows_task_id_name_time_reason_and_error(
+        capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+    r = redis_lib.Redis.from_url(redis_url)
+    body = json.dumps({"id": "abc.7", "t": "primes", "a": [0, 10]}).encode()
+    error = json.dumps({"id": "abc.7", "ok": False, "e": ["ValueError", "bad\ninput", "tb"]})
+    dead_id = r.xadd("taskq:{default}:dead", {"entry": "1-0", "packed": b"1||" + body,
+                                              "reason": "poison", "error": error})
+    code, out, err = run(capsys, "dead", "list", "--url", redis_url)
+    assert code == 0, err
+    header, row = out.splitlines()
+    assert header.split()[:3] == ["dead", "id", "task"]
+    when = time.strftime("%Y-%m-%d", time.gmtime(int(dead_id.decode().split("-")[0]) / 1000))
+    for cell in (dead_id.decode(), "abc.7", "primes", when, "poison", "ValueError: bad input"):
+        assert cell in row, row
+
+
+def test_enqueue_says_no_node_serves_the_queue_and_ctrl_c_says_how_to_fetch(
+        capsys: pytest.CaptureFixture[str], redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run(capsys, "enqueue", "primes", "0", "10", "--timeout", "1.5",
+                       "--url", redis_url)
+    assert code == 1 and "no live node serves queue 'default'; waiting" in err, err
+    assert err.count("no live node") == 1 and "timed out" in err
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("taskq.cli.wait", interrupted)
+    code, _, err = run(capsys, "enqueue", "primes", "0", "10", "--url", redis_url)
+    assert code == 130, err
+    batch_id = re.search(r"batch (\w+) goes on: `taskq result (\w+)` later", err)
+    assert batch_id and batch_id.group(1) == batch_id.group(2), err
+
+
+@pytest.mark.timeout(60)
+def test_worker_logs_how_many_processes_it_chose_and_why(redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKQ_")}
+    done = subprocess.run([sys.executable, "-m", "taskq", "worker", "--burst", "--url", redis_url],
+                          capture_output=True, text=True, env=env, timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"using \d+ processes: .*(cpu|affinity|cgroup).*--procs", done.stderr), \
+        done.stderr
