@@ -206,13 +206,15 @@ def _plan(task_name: str, args: Sequence[Any], chunk_size: int) -> tuple[registr
 
 def _submit_and_report(client: Client, spec: registry.TaskSpec, calls: list[list[Any]],
                        no_wait: bool, timeout: float | None,
-                       node_died: Callable[[], str | None] | None = None) -> None:
+                       node_died: Callable[[], str | None] | None = None,
+                       delay: float | None = None) -> None:
     """Send the calls as one batch and wait for its result, with a progress bar. With
     ``node_died`` (``taskq run``'s own node), that node's death ends the wait; without it
     (``taskq enqueue``), a queue no live node serves is said once, and Ctrl-C says how to
     fetch the result later."""
     reduce = spec.reduce if len(calls) > 1 or spec.split_range else None
-    futures, batch = client.submit_many(spec.name, calls, batch=True, reduce=reduce)
+    futures, batch = client.submit_many(spec.name, calls, batch=True, reduce=reduce,
+                                        delay=delay)
     assert batch is not None
     if no_wait:
         click.echo(batch.id)
@@ -274,22 +276,43 @@ def _format(value: Any) -> str:
               help="Items per task when a range task such as primes is split.")
 @click.option("--no-wait", is_flag=True, help="Print the batch id and return at once.")
 @click.option("--timeout", type=_POSITIVE, default=None, help="Seconds to wait for results.")
+@click.option("--delay", "delay_text", default=None, metavar="DURATION",
+              help="Start no earlier than this from now: 90 (seconds), 30s, 5m, 1h.")
 @global_options
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
               help="Module whose @task functions to register (repeatable).")
 @click.pass_context
 @friendly_errors
 def enqueue(ctx: click.Context, task: str, args: tuple[str, ...], queue: str | None,
-            chunk_size: int, no_wait: bool, timeout: float | None, imports: tuple[str, ...]) -> None:
+            chunk_size: int, no_wait: bool, timeout: float | None, delay_text: str | None,
+            imports: tuple[str, ...]) -> None:
     """Enqueue TASK with ARGS (JSON literals, else strings), wait, and print its result.
 
     A range task such as `primes START END` is split into chunks of --chunk-size.
     """
+    delay = None if delay_text is None else parse_duration("--delay", delay_text)
     import_modules(imports)
     spec, calls = _plan(task, [parse_arg(a) for a in args], chunk_size)
     settings = _settings(ctx, queues=(queue,) if queue else None)
     with Client(settings=settings) as client:
-        _submit_and_report(client, spec, calls, no_wait, timeout)
+        _submit_and_report(client, spec, calls, no_wait, timeout, delay=delay)
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(option: str, text: str) -> float:
+    """``90`` / ``30s`` / ``5m`` / ``1h`` / ``2d`` → seconds; ConfigError otherwise."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:].isalpha() else ""
+    try:
+        seconds = float(value[:len(value) - len(unit)]) * _UNITS[unit]
+    except (KeyError, ValueError):
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(f"{option}: expected a duration such as 90, 30s, 5m or 1h, "
+                          f"got {text!r}")
+    return seconds
 
 
 @cli.command(cls=ArgsCommand)

@@ -28,6 +28,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskq import registry
@@ -59,6 +60,11 @@ class CallOptions:
     stores the outcome in Redis for ``Client.result``; ``reply`` pushes it to this
     client (a Future resolves); ``batch`` counts the call in a batch; ``task_id`` is an
     explicit id (else the client makes one).
+
+    ``delay`` (seconds) or ``eta`` (a datetime; naive means UTC) hold the task in the
+    queue's delayed set until then. ``dedup_key`` makes the call collapse onto a task
+    with that key that is queued or running (or finished less than ``dedup_ttl``
+    seconds ago); such a call always keeps its result (other producers read it).
     """
 
     time_limit: float | None = None
@@ -66,10 +72,49 @@ class CallOptions:
     reply: bool = True
     batch: str | None = None
     task_id: str | None = None
+    delay: float | None = None
+    eta: datetime | None = None
+    dedup_key: str | None = None
+    dedup_ttl: float | None = None
 
     def __post_init__(self) -> None:
         if self.time_limit is not None:
             object.__setattr__(self, "time_limit", check_time_limit(self.time_limit))
+        if self.delay is not None or self.eta is not None:
+            if self.delay is not None and self.eta is not None:
+                raise TypeError("apply() takes delay or eta, not both")
+            if self.delay is not None:
+                object.__setattr__(self, "delay", check_seconds("delay", self.delay, zero=True))
+            elif not isinstance(self.eta, datetime):
+                raise TypeError(f"eta must be a datetime, got {self.eta!r}")
+        if self.dedup_key is not None:
+            if not isinstance(self.dedup_key, str) or not 0 < len(self.dedup_key) <= 200:
+                raise ValueError(f"dedup_key must be a non-empty str of at most 200 "
+                                 f"characters, got {self.dedup_key!r}")
+            object.__setattr__(self, "keep_result", True)
+        if self.dedup_ttl is not None:
+            if self.dedup_key is None:
+                raise TypeError("dedup_ttl needs a dedup_key")
+            object.__setattr__(self, "dedup_ttl", check_seconds("dedup_ttl", self.dedup_ttl))
+
+    def due(self, now: float) -> float | None:
+        """When the call is due (unix seconds), or None to queue it now."""
+        if self.delay is not None:
+            return now + self.delay if self.delay > 0 else None
+        if self.eta is not None:
+            eta = self.eta if self.eta.tzinfo is not None else self.eta.replace(tzinfo=timezone.utc)
+            at = eta.timestamp()
+            return at if at > now else None
+        return None
+
+
+def check_seconds(name: str, value: Any, zero: bool = False) -> float:
+    """A finite number of seconds, > 0 (or >= 0 with ``zero``); ValueError if not."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0 or (value == 0 and not zero)):
+        raise ValueError(f"{name} must be a {'non-negative' if zero else 'positive'} number "
+                         f"of seconds, got {value!r}")
+    return float(value)
 
 
 DEFAULT = CallOptions()

@@ -18,13 +18,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from taskq.broker import REDIS_DOWN, Broker, connect, unreachable
 from taskq.broker.queue import Signed
-from taskq.client import calls
+from taskq.client import calls, scheduled
 from taskq.client.calls import DEFAULT, CallOptions, TaskRef
 from taskq.client.replies import Replies
 from taskq.client.sender import Sender
@@ -251,22 +252,36 @@ class Client:
     def apply(
         self, fn: TaskRef, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
         time_limit: float | None = None, timeout: float | None = None,
+        delay: float | None = None, eta: datetime | None = None,
+        dedup_key: str | None = None, dedup_ttl: float | None = None,
     ) -> Future[Any]:
         """:meth:`submit` with per-call options: ``time_limit`` (seconds) overrides the
-        task's own, however the call travels; ``timeout`` is its older alias."""
+        task's own, however the call travels; ``timeout`` is its older alias.
+
+        ``delay`` (seconds) or ``eta`` (a datetime, naive = UTC) start it no earlier
+        than that; with ``dedup_key``, while a task with that key is queued or running
+        (or for ``dedup_ttl`` seconds after), the call returns a future for that task
+        instead of queueing another (:mod:`taskq.client.scheduled`)."""
         if timeout is not None:
             if time_limit is not None:
                 raise TypeError("apply() takes time_limit or its alias timeout, not both")
             time_limit = timeout
+        if delay is not None or eta is not None or dedup_key is not None or dedup_ttl is not None:
+            return scheduled.apply(self, fn, args, kwargs, CallOptions(
+                time_limit=time_limit, delay=delay, eta=eta, dedup_key=dedup_key,
+                dedup_ttl=dedup_ttl))
         options = DEFAULT if time_limit is None else CallOptions(time_limit=time_limit)
         return self.submit_message(self.message(fn, args, kwargs, options=options))
 
     def submit_many(
         self, fn: TaskRef, arglists: Iterable[Sequence[Any]], *, batch: bool = False,
-        reduce: str | None = None,
+        reduce: str | None = None, delay: float | None = None,
     ) -> tuple[list[Future[Any]], Batch | None]:
         """Many calls in one round trip. With ``batch``, they are also counted as a
-        batch whose results ``taskq result BATCH_ID`` can read later."""
+        batch whose results ``taskq result BATCH_ID`` can read later; with ``delay``
+        (seconds), none starts before then."""
+        if delay is not None:
+            return scheduled.submit_many(self, fn, arglists, batch, reduce, delay)
         batch_id = os.urandom(6).hex() if batch else None
         messages = [
             self.message(fn, args, options=CallOptions(
