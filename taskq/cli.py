@@ -530,14 +530,12 @@ def _dead_broker(ctx: click.Context, queue: str | None) -> Broker:
 @click.pass_context
 @friendly_errors
 def dead_list(ctx: click.Context, queue: str | None, limit: int) -> None:
-    """List dead-lettered tasks: dead-letter id, task id, task, time (UTC), reason, error."""
+    """List dead-lettered tasks, one a line: dead-letter id, task id, task, time (UTC),
+    reason, error. No header: the first column feeds `taskq dead retry`."""
     rows = [_dead_row(dead_id, fields)
             for dead_id, fields in _dead_broker(ctx, queue).dead_entries(limit)]
-    if not rows:
-        return
-    header = ("dead id", "task id", "task", "time (UTC)", "reason", "error")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
+    widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else []
+    for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, *row[4:]]).rstrip())
 
