@@ -18,6 +18,7 @@ from taskq.errors import (
     UnknownTaskError,
     WorkerLostError,
 )
+from taskq.node.child import progress
 from taskq.periodic import periodic, schedule  # eager: binds the names over the submodule
 from taskq.registry import task
 
@@ -88,6 +89,7 @@ __all__ = [
     "as_completed",
     "cpu_count",
     "periodic",
+    "progress",
     "schedule",
     "task",
     "wait",

@@ -475,6 +475,30 @@ def result(ctx: click.Context, id: str, queue: str | None) -> None:
 
 
 @cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--queue", "-q", default=None, help=f"Queue of the tasks (default {_default('queues')!r}).")
+@global_options
+@click.pass_context
+@friendly_errors
+def cancel(ctx: click.Context, ids: tuple[str, ...], queue: str | None) -> None:
+    """Cancel tasks (or every task of a batch) by id: a queued one never starts, a
+    running one's process is killed. Prints one line per id; exit 1 if none was cancelled."""
+    settings = _settings(ctx, queues=(queue,) if queue else None)
+    cancelled = 0
+    with Client(settings=settings) as client:
+        for id_ in ids:
+            if client.broker.batch_status(id_):
+                n = client.cancel_batch(id_)
+                click.echo(f"{id_}: {n} task(s) of the batch cancelled")
+            else:
+                n = int(client.cancel(id_))
+                click.echo(f"{id_}: {'cancelled' if n else 'not queued or running'}")
+            cancelled += n
+    if not cancelled:
+        raise Failure("nothing was cancelled")
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @click.option("--interval", type=float, default=1.0, show_default=True,
               help="Seconds between the two samples the rates come from (0: no rates).")

@@ -6,7 +6,8 @@ the process table each publishes in its heartbeat.
 What the columns mean: ``done`` finished with a result; ``failed`` finished with the
 task's own error (dead letters are *not* counted again there, though the stats hash's
 ``failed`` counter includes them); ``dead`` is in the dead-letter stream now (``taskq dead
-list``). A node is live while its last heartbeat is under
+list``); ``cancelled`` were cancelled (``Client.cancel``, ``taskq cancel``), queued or
+running, and count as neither done nor failed. A node is live while its last heartbeat is under
 :data:`~taskq.broker.nodes.NODE_MAX_AGE` old (three heartbeats); its age is shown."""
 
 from __future__ import annotations
@@ -67,14 +68,16 @@ def as_text(snap: Snapshot, rates: dict[str, tuple[float, float]]) -> str:
     out: list[str] = []
     echo = out.append
     width = max([len("queue"), *(len(q.name) for q in snap.queues)]) + 2  # names are <= 100
+    cancels = any(q.counters.get("cancelled") for q in snap.queues)  # a column once there are
     echo(f"{'queue':<{width}}{'queued':>10}{'in-flight':>11}{'delayed':>9}{'done':>10}"
-         f"{'failed':>9}{'dead':>7}{'oldest':>9}{'done/s':>9}{'failed/s':>10}")
+         f"{'failed':>9}{'dead':>7}{'oldest':>9}{'done/s':>9}{'failed/s':>10}"
+         + (f"{'cancelled':>11}" if cancels else ""))
     for q in snap.queues:
         c = q.counters
         done_rate, failed_rate = (f"{r:.1f}" for r in rates[q.name]) if q.name in rates else "--"
         echo(f"{q.name:<{width}}{q.depth:>10}{q.in_flight:>11}{q.delayed:>9}{c.get('done', 0):>10}"
              f"{failed(c):>9}{q.dead:>7}{_age(q.oldest_age):>9}{done_rate:>9}"
-             f"{failed_rate:>10}")
+             f"{failed_rate:>10}" + (f"{c.get('cancelled', 0):>11}" if cancels else ""))
     echo(f"\n{snap.nodes_live} live node(s)")
     for n in snap.nodes:
         echo(f"  {n.id}  procs={n.procs} queues={','.join(n.queues)} processed={n.processed} "

@@ -63,7 +63,7 @@ ALLOWED = {  # every label's values are bounded; these are the fixed sets
     "outcome": {"ok", "failed", "retried", "dead", "suppressed"},
     "state": {"busy", "idle", "starting"},
     "reason": {"crash", "signal", "oom", "timeout", "recycle_tasks", "recycle_memory",
-               "init_failure"},
+               "init_failure", "cancel"},
     "op": {"claim", "complete", "renew", "reclaim", "promote", "heartbeat"},
 }
 

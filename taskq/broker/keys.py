@@ -14,6 +14,9 @@ keys live in one slot, so one script may touch them all).
 ``taskq:{q}:inbox:<client>``    a producer's reply list (JSON arrays of outcomes)
 ``taskq:{q}:batch:<id>``        hash: total, done, failed (+ reduce hint for the CLI)
 ``taskq:{q}:batch:<id>:events`` list pushed once when a batch is complete
+``taskq:{q}:cancelled``         hash of tombstones: task id → 1, for a task cancelled while
+                                claimed (checked when a node reclaims its entry)
+``taskq:{q}:progress:<task>``   a running task's last progress JSON, with a TTL
 ``taskq:{q}:dedup:<key>``       a dedup key's task: ``<task id>|<ttl ms>|<entry id>``
 ``taskq:{q}:dedupw:<key>``      clients waiting for that task besides its producer (set)
 ``taskq:{q}:sched:lock``        the periodic scheduler's lease on this queue (node id)
@@ -21,6 +24,7 @@ keys live in one slot, so one script may touch them all).
 ``taskq:queues``                set of queue names seen (for ``taskq info``)
 ``taskq:nodes``                 sorted set node id → last heartbeat (ms)
 ``taskq:node:<id>``             hash describing a node, with a TTL
+``taskq:node:<id>:ctl``         the node's control stream (cancel a task it holds, …)
 ``taskq:{shared}:…``            taskq.Value / taskq.Lock (see taskq.compat.shared)
 ==============================  ===========================================================
 """
@@ -57,6 +61,11 @@ def dedup_key_of(task_id: str) -> str | None:
 
 def node_key(node_id: str) -> str:
     return f"taskq:node:{node_id}"
+
+
+def node_control(node_id: str) -> str:
+    """The node's control stream: messages to one node (read in its loop)."""
+    return f"taskq:node:{node_id}:ctl"
 
 
 @dataclass(frozen=True)
@@ -110,3 +119,10 @@ class QueueKeys:
     @property
     def sched_last(self) -> str:
         return self.prefix + "sched:last"
+
+    @property
+    def cancelled(self) -> str:
+        return self.prefix + "cancelled"
+
+    def progress(self, task_id: str) -> str:
+        return f"{self.prefix}progress:{task_id}"

@@ -21,13 +21,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import redis
 
 from taskq.broker import REDIS_DOWN, Broker, connect, unreachable
+from taskq.broker.control import read_progress
 from taskq.broker.queue import Signed
 from taskq.client import calls, scheduled
+from taskq.client import cancel as cancels
 from taskq.client.calls import DEFAULT, CallOptions, TaskRef
-from taskq.client.replies import Replies
+from taskq.client.replies import OnProgress, Progress, Replies
 from taskq.client.sender import Sender
 from taskq.client.watchdog import Watchdog, mark_sent
 from taskq.config import Settings, redact_url
@@ -48,10 +51,11 @@ class BatchStatus:
     total: int
     done: int
     failed: int
+    cancelled: int = 0
 
     @property
     def finished(self) -> int:
-        return self.done + self.failed
+        return self.done + self.failed + self.cancelled
 
     @property
     def complete(self) -> bool:
@@ -67,7 +71,8 @@ class Batch:
     def status(self) -> BatchStatus:
         raw = self.client.broker.batch_status(self.id)
         total = int(raw.get("total", self.total))
-        return BatchStatus(total, int(raw.get("done", 0)), int(raw.get("failed", 0)))
+        return BatchStatus(total, int(raw.get("done", 0)), int(raw.get("failed", 0)),
+                           int(raw.get("cancelled", 0)))
 
     def wait(
         self, timeout: float | None = None, progress: Callable[[BatchStatus], None] | None = None
@@ -254,6 +259,7 @@ class Client:
         time_limit: float | None = None, timeout: float | None = None,
         delay: float | None = None, eta: datetime | None = None,
         dedup_key: str | None = None, dedup_ttl: float | None = None,
+        on_progress: OnProgress | None = None,
     ) -> Future[Any]:
         """:meth:`submit` with per-call options: ``time_limit`` (seconds) overrides the
         task's own, however the call travels; ``timeout`` is its older alias.
@@ -261,7 +267,16 @@ class Client:
         ``delay`` (seconds) or ``eta`` (a datetime, naive = UTC) start it no earlier
         than that; with ``dedup_key``, while a task with that key is queued or running
         (or for ``dedup_ttl`` seconds after), the call returns a future for that task
-        instead of queueing another (:mod:`taskq.client.scheduled`)."""
+        instead of queueing another (:mod:`taskq.client.scheduled`).
+
+        ``on_progress`` is called (in the reply listener's thread) with each
+        :class:`Progress` the task reports with ``taskq.progress``, at most about once a
+        second, until its result arrives."""
+        if on_progress is not None:
+            fut = self.apply(fn, args, kwargs, time_limit=time_limit, timeout=timeout,
+                             delay=delay, eta=eta, dedup_key=dedup_key, dedup_ttl=dedup_ttl)
+            self._replies.watch_progress(fut.task_id, on_progress)  # type: ignore[attr-defined]
+            return fut
         if timeout is not None:
             if time_limit is not None:
                 raise TypeError("apply() takes time_limit or its alias timeout, not both")
@@ -355,6 +370,24 @@ class Client:
             in_flight.popleft()
             refill()
             yield from _chunk_results([fut], None)
+
+    def cancel(self, task: Future[Any] | str) -> bool:
+        """Cancel a task, by its Future or its id (see :mod:`taskq.client.cancel`): a
+        queued one never starts, a running one's process is killed by its node; either
+        way its outcome is ``cancelled`` and its Future raises
+        ``concurrent.futures.CancelledError``. True if it was queued or running, False
+        if it had finished (or is unknown)."""
+        return cancels.cancel(self, task)
+
+    def cancel_batch(self, batch_id: str) -> int:
+        """Cancel every task of a batch still queued or running; how many."""
+        return cancels.cancel_batch(self, batch_id)
+
+    def progress(self, task: Future[Any] | str) -> Progress | None:
+        """The last progress a running task reported (``taskq.progress``), or None."""
+        task_id = task if isinstance(task, str) else task.task_id  # type: ignore[attr-defined]
+        raw = read_progress(self.redis, self.broker.keys, task_id)
+        return None if raw is None else Progress.from_json(orjson.loads(raw))
 
     def result(self, task_id: str) -> Outcome | None:
         """The stored outcome of a finished task, or None if there is none (yet)."""

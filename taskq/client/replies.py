@@ -12,6 +12,11 @@ takes for each of its futures only a reply signed for that task id (``os``, or `
 a pickled result); anything else, and any malformed reply, is logged and skipped, and
 the future keeps waiting for the genuine one. Nothing a payload does while its result is
 loaded (``SystemExit`` included) stops the listener.
+
+A cancelled outcome (:func:`taskq.broker.control.is_cancelled`) cancels the future, so
+it raises ``concurrent.futures.CancelledError``. A ``{"progress": {...}}`` line in the
+inbox is a running task's progress (never an outcome): it goes to the task's
+``on_progress`` callback, if it has one.
 """
 
 from __future__ import annotations
@@ -20,19 +25,47 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis
 
 from taskq.broker import REDIS_DOWN, Broker
+from taskq.broker.control import is_cancelled
 from taskq.message import decode_outcome, outcome_verifies
 
 log = logging.getLogger("taskq.client")
 
 STOP = b"stop"
 """Pushed into the inbox by close(): wakes the listener so it can see it should stop."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running task's last progress: ``done`` of ``total`` (None: unknown), the
+    ``info`` it gave, and ``at`` (wall-clock seconds when the task reported it)."""
+
+    done: float
+    total: float | None
+    info: dict[str, Any]
+    at: float
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Progress:
+        """ValueError if ``obj`` is not a progress object."""
+        if not isinstance(obj, dict):
+            raise ValueError("progress must be an object")
+        done, total, info, at = obj.get("done"), obj.get("total"), obj.get("info"), obj.get("at")
+        if not isinstance(done, (int, float)) or not isinstance(at, (int, float)):
+            raise ValueError("progress needs numbers done and at")
+        if total is not None and not isinstance(total, (int, float)):
+            raise ValueError("progress total must be a number")
+        return cls(done, total, info if isinstance(info, dict) else {}, float(at))
+
+
+OnProgress = Callable[[Progress], object]
 
 
 class Replies:
@@ -43,6 +76,7 @@ class Replies:
         self._broker, self._client_id = broker, client_id
         self._connect, self._secret = connect, secret
         self._futures: dict[str, Future[Any]] = {}
+        self._on_progress: dict[str, OnProgress] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
@@ -64,7 +98,14 @@ class Replies:
     def forget(self, task_id: str) -> Future[Any] | None:
         """Stop waiting for ``task_id``; its Future (None if there was none)."""
         with self._lock:
+            if self._on_progress:
+                self._on_progress.pop(task_id, None)
             return self._futures.pop(task_id, None)
+
+    def watch_progress(self, task_id: str, callback: OnProgress) -> None:
+        """Call ``callback`` (in the listener thread) with each progress of ``task_id``."""
+        with self._lock:
+            self._on_progress[task_id] = callback
 
     def waiting(self) -> list[str]:
         with self._lock:
@@ -139,6 +180,9 @@ class Replies:
         except orjson.JSONDecodeError:
             log.warning("ignoring a reply that is not JSON: %r", blob[:200])
             return
+        if isinstance(objs, dict) and "progress" in objs:
+            self._progress(objs["progress"])
+            return
         for obj in [objs] if isinstance(objs, dict) else objs if isinstance(objs, list) else [objs]:
             try:
                 self._resolve_one(obj)
@@ -173,10 +217,25 @@ class Replies:
         if self.forget(task_id) is not fut:
             return  # resolved by another reply meanwhile
         with contextlib.suppress(InvalidStateError):  # cancelled between check and set
-            if ok:
+            if not ok and is_cancelled(obj):
+                if not fut.cancel():
+                    fut.set_exception(CancelledError(str(value)))
+            elif ok:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    def _progress(self, obj: Any) -> None:
+        """A progress line: to its task's callback, if any (a bad one is skipped)."""
+        task_id = obj.get("id") if isinstance(obj, dict) else None
+        with self._lock:
+            callback = self._on_progress.get(task_id) if isinstance(task_id, str) else None
+        if callback is None:
+            return
+        try:
+            callback(Progress.from_json(obj))
+        except Exception as exc:  # the user's callback, or a bad line: the listener lives on
+            log.warning("progress callback for task %s failed: %s", task_id, exc)
 
     def _decode(self, obj: dict[str, Any]) -> tuple[bool, Any]:
         """One outcome → (ok, value or exception); a chunk's value is its ChunkResult,

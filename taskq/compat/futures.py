@@ -4,10 +4,15 @@ With no URL (argument or ``TASKQ_URL``) it starts a :class:`~taskq.local.LocalCl
 (an embedded Redis and a local node with ``max_workers`` processes) and stops it on
 shutdown, so ``ProcessPoolExecutor`` programs run unchanged anywhere; with a URL the
 work goes to the worker nodes serving ``queue``.
+
+``shutdown(cancel_futures=True)`` really stops this Executor's remote work: its queued
+tasks never start and its running ones are killed by their nodes (``Client.cancel``);
+``Future.cancel()`` keeps its stdlib meaning (the future alone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -16,8 +21,12 @@ from concurrent import futures as cf
 from concurrent.futures import Future
 from typing import Any
 
+import redis
+
 from taskq.client.client import Client
+from taskq.client.watchdog import SENT
 from taskq.compat.backend import Backend, ChunkSize
+from taskq.errors import TaskqError
 from taskq.local import lifetime
 from taskq.message import ChunkResult
 
@@ -83,7 +92,9 @@ class Executor(cf.Executor):
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
-            for fut in self._backend.outstanding():
+            outstanding = self._backend.outstanding()
+            cancel_remote(self._backend, [f for f in outstanding if not f.done()])
+            for fut in outstanding:
                 fut.cancel()
         if wait:
             self._backend.wait_all()
@@ -95,6 +106,27 @@ class Executor(cf.Executor):
     def _close_later(self) -> None:
         self._backend.wait_all()
         self._backend.close()
+
+
+def cancel_remote(backend: Backend, futures: list[Future[Any]]) -> None:
+    """Cancel the remote tasks of ``futures`` (queued: never started; running: killed);
+    best effort. A local cluster's node is stopped with its backend anyway."""
+    if backend.cluster is not None:
+        return
+    # Newest first: in a FIFO queue those are the least likely to run, and cancelling a
+    # running task first would free its process for the next one queued.
+    for fut in sorted(futures, key=_queued_at, reverse=True):
+        with contextlib.suppress(TaskqError, redis.RedisError):
+            backend.client.cancel(fut)
+
+
+def _queued_at(fut: Future[Any]) -> tuple[int, int]:
+    """A future's stream entry id as numbers (not sent yet: the newest of all)."""
+    sent = getattr(fut, SENT, None)
+    if not sent:
+        return (2**63, 0)
+    ms, _, seq = sent[0].partition(b"-")
+    return (int(ms), int(seq or 0))
 
 
 def _ordered(sent: list[Future[Any]], end: float | None) -> Iterator[Any]:

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from taskq.compat.backend import Backend, ChunkSize
+from taskq.compat.futures import cancel_remote
 from taskq.errors import TaskqError
 from taskq.message import ChunkResult
 
@@ -302,10 +303,12 @@ class Pool:
             self._state = _CLOSE
 
     def terminate(self) -> None:
-        """Stop now: outstanding results fail (a local node is killed; remote tasks may
-        still run, their results are dropped)."""
+        """Stop now: outstanding results fail; a local node is killed, remote tasks are
+        cancelled (queued ones never start, running ones are killed by their nodes)."""
         self._state = _TERMINATE
+        outstanding = [f for f in self._backend.outstanding() if not f.done()]
         self._backend.fail_all(TaskqError("the pool was terminated"))
+        cancel_remote(self._backend, outstanding)
         self._backend.close(kill=True)
 
     def join(self) -> None:

@@ -8,9 +8,11 @@ exactly one job without a round trip, and take back jobs queued behind a long on
 taken-back job is skipped, never run twice).
 
 Messages to the parent (pickled tuples): ``(RES, reads, seqs, durations, errors, values
-blob)``, ``(READY,)``, ``(INIT_FAIL, error)``, ``(ARM, hard deadline)`` and ``(OVER,)``
-(over the memory limit, asking whether to exit). From the parent: a list of jobs,
-``EXIT`` (None) or ``GO_ON`` (() : not your turn to recycle yet).
+blob)``, ``(READY,)``, ``(INIT_FAIL, error)``, ``(ARM, hard deadline)``, ``(OVER,)``
+(over the memory limit, asking whether to exit) and ``(PROGRESS, seq, done, total, info,
+wall time)`` (the side channel of :func:`report_progress`, which the parent coalesces).
+From the parent: a list of jobs, ``EXIT`` (None) or ``GO_ON`` (() : not your turn to
+recycle yet).
 """
 
 from __future__ import annotations
@@ -35,23 +37,26 @@ Runner = Callable[[Any], Any]
 
 P = pickle.HIGHEST_PROTOCOL
 INF = float("inf")
-RES, READY, INIT_FAIL, ARM, OVER = range(5)
+RES, READY, INIT_FAIL, ARM, OVER, PROGRESS = range(6)
 EXIT = pickle.dumps(None, P)
 GO_ON = pickle.dumps((), P)  # to a process over its memory limit: not your turn yet
 FLUSH_SECONDS = 0.001  # a child sends buffered results at least this often...
 FLUSH_COUNT = 256  # ...or once it holds this many
+PROGRESS_EVERY = 0.05  # a child sends progress at most this often (the parent writes ~1/s)
 
 
 class _Child:
     """This process's timing state: what the running job's time limit is."""
 
-    __slots__ = ("announced", "conn", "grace", "in_job", "limit", "slot", "timed")
+    __slots__ = ("announced", "conn", "grace", "in_job", "limit", "progress_at", "slot",
+                 "timed")
 
     def __init__(self, conn: Connection, slot: Any, grace: float) -> None:
         self.conn, self.slot, self.grace = conn, slot, grace
         self.in_job = self.timed = False
         self.limit = 0.0
         self.announced = INF  # earliest hard deadline the parent was told about
+        self.progress_at = 0.0  # when progress was last sent
 
 
 _child: _Child | None = None
@@ -87,6 +92,33 @@ def arm_timeout(seconds: float | None) -> None:
         c.announced = deadline
         with contextlib.suppress(OSError):
             c.conn.send_bytes(pickle.dumps((ARM, deadline), P))
+
+
+def report_progress(done: float, total: float | None, info: dict[str, Any]) -> None:
+    """Send the running job's progress to the parent (a no-op outside a pool job); sent
+    at most every PROGRESS_EVERY s, except the last step (done == total)."""
+    c = _child
+    if c is None or not c.in_job:
+        return
+    now = time.monotonic()
+    if now - c.progress_at < PROGRESS_EVERY and done != total:
+        return
+    c.progress_at = now
+    seq = int(c.slot[0])
+    try:
+        data = pickle.dumps((PROGRESS, seq, done, total, info, time.time()), P)
+    except Exception:  # an info value that cannot travel: the numbers still do
+        data = pickle.dumps((PROGRESS, seq, done, total, {}, time.time()), P)
+    with contextlib.suppress(OSError):
+        c.conn.send_bytes(data)
+
+
+def progress(done: float, total: float | None = None, **info: Any) -> None:
+    """Report the running task's progress (``taskq.progress``): ``done`` out of
+    ``total`` (None: unknown), plus any JSON-able ``info``. The producer reads it with
+    ``client.progress(future)`` or an ``on_progress=`` callback; the node writes it at
+    most once a second. A no-op outside a task, so a task can call it anywhere."""
+    report_progress(done, total, info)
 
 
 def _disarm(c: _Child) -> None:

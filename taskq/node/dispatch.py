@@ -40,7 +40,7 @@ class ErrorInfo:
     type_name: str
     message: str
     traceback: str
-    cause: str  # "exception", "lost" or "timeout"
+    cause: str  # "exception", "lost", "timeout" or "cancelled"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,11 @@ from taskq.node.dispatch import Job, Proc
 log = logging.getLogger("taskq.node.pool")
 
 EXIT_REASONS = ("crash", "signal", "oom", "timeout", "recycle_tasks", "recycle_memory",
-                "init_failure")
+                "init_failure", "cancel")
 """Why a pool process exited: a non-zero (or unasked) exit, a signal, SIGKILL while over
 the memory limit, killed at a task's hard time limit, recycled after its task budget or
-over its memory limit, its initializer failed (or it died before it was ready)."""
+over its memory limit, its initializer failed (or it died before it was ready), killed
+because its running task was cancelled."""
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -84,17 +85,18 @@ class Slots:
         return out
 
     def exited(self, p: Proc, *, timed_out: bool, running: bool, closing: bool,
-               max_memory: int | None) -> None:
+               max_memory: int | None, cancelled: bool = False) -> None:
         """Count and log one exit (not those of the pool's own shutdown)."""
         self.done[p.index] += p.done
         if closing:
             return
-        reason = exit_reason(p, timed_out, max_memory)
+        reason = "cancel" if cancelled else exit_reason(p, timed_out, max_memory)
         self.exits[reason] += 1
         self.last_exit[p.index] = reason
         what = ("was killed at its task's hard time limit" if timed_out
+                else "was killed: its task was cancelled" if cancelled
                 else how_died(p.pid, p.proc.exitcode).split(" ", 3)[3])
-        level = logging.INFO if reason.startswith("recycle") else logging.WARNING
+        level = logging.INFO if reason.startswith(("recycle", "cancel")) else logging.WARNING
         log.log(level, "pool process %d (slot %d) exited, reason %s: it %s%s", p.pid, p.index,
                 reason, what, " while running a task" if running else "",
                 extra={"pid": p.pid, "slot": p.index, "reason": reason})

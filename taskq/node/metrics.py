@@ -37,7 +37,8 @@ from taskq.node.pool import SupervisedPool
 MAX_TASK_LABELS = 200
 """Distinct ``task`` label values; past it a name counts as ``_other``."""
 OTHER, UNKNOWN = "_other", "_unknown"
-OUTCOMES = {"ok": "ok", "fail": "failed", "retry": "retried", "dead": "dead"}
+OUTCOMES = {"ok": "ok", "fail": "failed", "retry": "retried", "dead": "dead",
+            "cancelled": "cancelled"}
 """Report kind → ``outcome`` label (plus ``suppressed``: a report whose lease had passed)."""
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

@@ -19,6 +19,10 @@ With ``settings.metrics`` it counts what it does (:mod:`.metrics`, plain ints on
 path) and serves ``/metrics`` and ``/healthz`` from a process of its own (:mod:`.health`);
 its heartbeat always carries the pool's process table (:func:`.exits.procs_table`).
 
+Its control stream (:mod:`.control`) is read with one more blocking read kept
+outstanding beside the claim: a cancel reaches the process running the task within a
+loop turn, and the tasks' progress is written from here at most once a second.
+
 The loop is public in pieces, so it runs in process too (tests on fakeredis):
 ``Node(settings, client=..., claim=...)`` takes its connections, and
 ``start()`` / ``step()`` / ``finished()`` / ``stop()`` (or ``with node:``) are what
@@ -44,6 +48,7 @@ from taskq.broker.claim import Claim, Claimer, SyncClaim
 from taskq.config import Settings
 from taskq.message import Entry, Report
 from taskq.node import runner, scheduler
+from taskq.node.control import NodeControl, cancelled_report
 from taskq.node.holdings import Holdings, log_task
 from taskq.node.outage import DOWN, Backoff, outage
 from taskq.node.pool import Done, Job, PoolInitError, SupervisedPool
@@ -112,6 +117,9 @@ class Node:
         self.metrics = self.telemetry.metrics  # None unless settings.metrics
         self._holdings = Holdings(self.brokers, self.node_id, self.telemetry.on_reported)
         self.telemetry.attach(self._holdings, self.pool)
+        self.control = NodeControl(self.node_id, self.client, self.brokers, self._holdings,
+                                   self.pool, url=None if client is not None else settings.url,
+                                   secret=settings.secret, progress_ttl=settings.result_ttl)
         self._stopping = _RUNNING
         self._claim_empty = False
         self._backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
@@ -198,6 +206,7 @@ class Node:
         self.pool.terminate()
         self.telemetry.close()
         self.claim.close()
+        self.control.close()
         remove_node(self.client, self.node_id)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -246,6 +255,9 @@ class Node:
         if not self._backoff.waiting(now):
             self._guarded(self._talk, now)
         waitables: list[Any] = [self._wake_r, *self.telemetry.waitables()]
+        control = self.control.waitable()
+        if control is not None:
+            waitables.append(control)
         if self.claim.outstanding:
             claim_waitable = self.claim.waitable()
             if claim_waitable is None:  # nothing to wait on: its answer is in now
@@ -259,6 +271,8 @@ class Node:
             os.read(self._wake_r, 512)
         if done:
             self._finish(done)
+        if not self._backoff.waiting(time.monotonic()):
+            self._guarded(self.control.poll, time.monotonic())
         if self.claim.outstanding:
             self._guarded(self._poll_claim)
         self.telemetry.answer()
@@ -323,6 +337,7 @@ class Node:
         log.log(logging.WARNING if first else logging.DEBUG,
                 "Redis unavailable (%s); retrying in %.1f s", exc, delay)
         self.claim.drop()
+        self.control.drop()
         self.schedule.make_due("renew")  # first thing once it is back: keep what we hold
 
     # -- claiming ---------------------------------------------------------------------
@@ -338,6 +353,7 @@ class Node:
             self.claim.send(count, None if self.burst else CLAIM_BLOCK)
 
     def _accept(self, qi: int, entries: Sequence[Entry]) -> None:
+        entries = self.control.early(qi, entries)  # cancelled before we read the claim
         jobs = []
         limit = self.settings.max_message_bytes
         for entry in entries:
@@ -366,6 +382,8 @@ class Node:
                 self.schedule.make_due("reclaim")
             if d.error is None:
                 report: Report = d.value
+            elif d.error.cause == "cancelled":
+                report = cancelled_report(entry, self.settings.secret)
             else:  # its process died, or was killed at the hard time limit
                 error = (d.error.type_name, d.error.message, d.error.traceback)
                 report = runner.run_lost(entry, error, self.settings.secret)
@@ -376,7 +394,7 @@ class Node:
             if m is not None:
                 m.finished(qi, report.task, d.duration)
             self.processed += 1
-            self.failed += report.kind != "ok"
+            self.failed += report.kind not in ("ok", "cancelled")
             holdings.record(qi, entry_id, report)
         if not self._backoff.waiting(time.monotonic()):
             self._guarded(self.telemetry.call, "complete", holdings.flush,
@@ -408,7 +426,8 @@ class Node:
         room = max(self._room(), self.settings.procs)
         runnable, full = self._holdings.reclaim(self.settings.lease, room,
                                                 self.settings.max_deliveries)
-        for qi, entries in runnable:
+        for qi, reclaimed in runnable:
+            entries = self.control.screen(qi, reclaimed)  # cancelled meanwhile: never run
             if self.metrics is not None:
                 self.metrics.reclaimed += len(entries)
             self._accept(qi, entries)

@@ -24,6 +24,12 @@ Each process has a slot number (a replacement takes its predecessor's); every ex
 counted by reason and logged in one line where the death is handled
 (:mod:`taskq.node.exits`), and :meth:`SupervisedPool.processes` describes the processes
 for metrics and the heartbeat.
+
+Cancel: :meth:`SupervisedPool.cancel` takes a job back if no process has started it, or
+SIGKILLs the one process running it (the process is replaced, its initializer re-run);
+either way the job comes back as a Done with an error of cause ``cancelled``. Progress
+that a job sends over the pipe (``PROGRESS``) is kept, latest only, for the node to take
+with :meth:`SupervisedPool.take_progress`.
 """
 
 from __future__ import annotations
@@ -42,7 +48,19 @@ from typing import Any
 
 from taskq.errors import ConfigError, TaskqError
 from taskq.message import ErrorTriple, describe_exception
-from taskq.node.child import ARM, EXIT, GO_ON, INF, INIT_FAIL, OVER, READY, RES, Runner, child_main
+from taskq.node.child import (
+    ARM,
+    EXIT,
+    GO_ON,
+    INF,
+    INIT_FAIL,
+    OVER,
+    PROGRESS,
+    READY,
+    RES,
+    Runner,
+    child_main,
+)
 from taskq.node.dispatch import Dispatcher, Done, ErrorInfo, Job, Proc
 from taskq.node.exits import EXIT_REASONS, ProcInfo, Slots, how_died, rss_of
 
@@ -51,6 +69,8 @@ __all__ = ["EXIT_REASONS", "Done", "ErrorInfo", "Job", "PoolInitError", "ProcInf
 
 _CTX = multiprocessing.get_context("fork")
 _INIT_FAILURES = 3
+Progress = tuple[float, "float | None", dict[str, Any], float]
+"""A job's last progress: (done, total, info, wall-clock time it was sent)."""
 
 
 class PoolInitError(TaskqError):
@@ -87,6 +107,8 @@ class SupervisedPool:
         self._init_streak = 0
         self._init_error: str | None = None
         self._started = self._closing = False
+        self._progress: dict[Any, Progress] = {}
+        self._cancels: set[Any] = set()  # held by a process that has not started them
         self.slots = Slots(procs)
 
     # -- lifecycle
@@ -162,6 +184,34 @@ class SupervisedPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p.proc.is_alive()]
 
+    def cancel(self, key: Any) -> str | None:
+        """Cancel the job ``key``: ``"queued"`` (taken back before any process started
+        it), ``"running"`` (its process is SIGKILLed and replaced), ``"held"`` (a
+        process holds it behind another job: it is killed as soon as it starts, unless it
+        finishes first) or None if the pool does not have it. A cancelled job comes
+        back from :meth:`poll` as a Done whose error has cause ``cancelled``."""
+        queue = self._dispatcher.queue
+        for job in queue:
+            if job.key == key:
+                queue.remove(job)
+                self._done.append(Done(key, None, _cancelled(0.0), 0.0))
+                return "queued"
+        for p in self._procs:
+            running = p.running()
+            if running is not None and running.key == key:
+                p.proc.kill()
+                self._death(p, cancelled=True)
+                return "running"
+            if any(job.key == key for job in p.held.values()):
+                self._cancels.add(key)
+                return "held"
+        return None
+
+    def take_progress(self) -> dict[Any, Progress]:
+        """The latest progress of each job that sent some since the last call."""
+        out, self._progress = self._progress, {}
+        return out
+
     def processes(self) -> list[ProcInfo]:
         """The live processes, by slot."""
         return self.slots.describe(self._procs)
@@ -182,6 +232,8 @@ class SupervisedPool:
             else:
                 wait_for = None if end is None else max(0.0, end - time.monotonic())
             event = self._pump(wait_for, also_wait)
+            if self._cancels:
+                self._chase_cancels()
             self._check_init()
             self._dispatch()
             if self._done or event or wait_for == 0.0:
@@ -251,6 +303,13 @@ class SupervisedPool:
                 event = True
         return self._kill_overrunning() or event
 
+    def _chase_cancels(self) -> None:
+        """Cancelled jobs a process held behind another: kill it once one starts."""
+        for key in list(self._cancels):
+            self._cancels.discard(key)
+            if self.cancel(key) == "held":
+                self._cancels.add(key)
+
     def _kill_overrunning(self) -> bool:
         """SIGKILL the processes whose job is past its hard deadline; True if any."""
         now, killed = time.monotonic(), False
@@ -285,6 +344,10 @@ class SupervisedPool:
             p.over = True
             p.retiring = not self._recycling(but=p)
             self._send(p, EXIT if p.retiring else GO_ON)
+        elif kind == PROGRESS:
+            job = p.held.get(msg[1])
+            if job is not None:
+                self._progress[job.key] = (msg[2], msg[3], msg[4], msg[5])
         elif kind == READY:
             p.ready = True
             self._init_streak = 0
@@ -321,7 +384,7 @@ class SupervisedPool:
             out.append(Done(held.pop(seq).key, vals[i],
                             None if e is None else ErrorInfo(*e, "exception"), durs[i]))
 
-    def _death(self, p: Proc, *, timed_out: bool = False) -> None:
+    def _death(self, p: Proc, *, timed_out: bool = False, cancelled: bool = False) -> None:
         """Account for a child that has died or was just SIGKILLed, then replace it."""
         p.alive = False
         self._procs.remove(p)
@@ -331,10 +394,14 @@ class SupervisedPool:
             self._init_failure(f"{how_died(p.pid, p.proc.exitcode)} during initialization")
         job = p.held.pop(int(p.slot[0]), None)
         self.slots.exited(p, timed_out=timed_out, running=job is not None,
-                          closing=self._closing, max_memory=self._max_memory)
+                          closing=self._closing, max_memory=self._max_memory,
+                          cancelled=cancelled)
         if job is not None:
             elapsed = max(0.0, time.monotonic() - p.slot[1])
-            if timed_out:
+            self._progress.pop(job.key, None)
+            if cancelled:
+                err = _cancelled(elapsed)
+            elif timed_out:
                 err = ErrorInfo("TaskTimeoutError",
                                 f"pool process {p.pid} was killed after {elapsed:.3g} s: the task "
                                 f"overran its time limit plus {self._grace:g} s grace", "",
@@ -387,3 +454,7 @@ class SupervisedPool:
             return
         self._retire_one()
         self._done.extend(self._dispatcher.dispatch(self._procs, self._send))
+
+
+def _cancelled(elapsed: float) -> ErrorInfo:
+    return ErrorInfo("CancelledError", f"cancelled after {elapsed:.3g} s", "", "cancelled")

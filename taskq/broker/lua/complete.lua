@@ -9,7 +9,7 @@
 --
 -- ARGV[1] group, ARGV[2] consumer (this node), ARGV[3] result TTL ms, ARGV[4] now ms,
 -- then 8 fields per outcome:
---   entry id, kind (ok|fail|retry|dead), result key index (0 = none),
+--   entry id, kind (ok|fail|retry|dead|cancelled), result key index (0 = none),
 --   inbox key index (0 = none), batch key index (0 = none; events key is index + 1),
 --   outcome JSON, x1, x2
 --   retry: x1 = packed entry "<attempt>|<sig>|<body>", x2 = due time ms
@@ -24,6 +24,7 @@ local stream, stats, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, consumer = ARGV[1], ARGV[2]
 local ttl, now = tonumber(ARGV[3]), ARGV[4]
 local n_done, n_failed, n_retried, n_dead, n_suppressed = 0, 0, 0, 0, 0
+local n_cancelled = 0  -- a cancelled task: neither done nor failed
 local inbox_items = {}
 local batch_counts = {}
 local acked = {}
@@ -66,6 +67,8 @@ for i = 5, #ARGV, 8 do
     else
       if kind == 'ok' then
         n_done = n_done + 1
+      elseif kind == 'cancelled' then
+        n_cancelled = n_cancelled + 1
       else
         n_failed = n_failed + 1
       end
@@ -89,10 +92,16 @@ for i = 5, #ARGV, 8 do
       if bk > 0 then
         local c = batch_counts[bk]
         if c == nil then
-          c = {0, 0}
+          c = {0, 0, 0}
           batch_counts[bk] = c
         end
-        if kind == 'ok' then c[1] = c[1] + 1 else c[2] = c[2] + 1 end
+        if kind == 'ok' then
+          c[1] = c[1] + 1
+        elseif kind == 'cancelled' then
+          c[3] = c[3] + 1
+        else
+          c[2] = c[2] + 1
+        end
       end
     end
   end
@@ -115,8 +124,10 @@ for bk, c in pairs(batch_counts) do
   local batch = KEYS[bk]
   local done = redis.call('HINCRBY', batch, 'done', c[1])
   local failed = redis.call('HINCRBY', batch, 'failed', c[2])
+  local cancelled = tonumber(redis.call('HGET', batch, 'cancelled') or '0')
+  if c[3] > 0 then cancelled = redis.call('HINCRBY', batch, 'cancelled', c[3]) end
   local total = tonumber(redis.call('HGET', batch, 'total') or '-1')
-  if total >= 0 and done + failed >= total then
+  if total >= 0 and done + failed + cancelled >= total then
     redis.call('LPUSH', KEYS[bk + 1], '1')
     redis.call('PEXPIRE', KEYS[bk + 1], ttl)
   end
@@ -126,5 +137,6 @@ if n_done > 0 then redis.call('HINCRBY', stats, 'done', n_done) end
 if n_failed > 0 then redis.call('HINCRBY', stats, 'failed', n_failed) end
 if n_retried > 0 then redis.call('HINCRBY', stats, 'retried', n_retried) end
 if n_dead > 0 then redis.call('HINCRBY', stats, 'dead', n_dead) end
+if n_cancelled > 0 then redis.call('HINCRBY', stats, 'cancelled', n_cancelled) end
 if n_suppressed > 0 then redis.call('HINCRBY', stats, 'suppressed', n_suppressed) end
 return {#acked, n_suppressed}
