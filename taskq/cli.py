@@ -256,6 +256,19 @@ def _wait_for(client: Client, futures: list[Future[Any]], label: str, batch_id: 
                                "waiting… (start one: taskq worker)", err=True)
             finished, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
             bar.update(len(finished))
+            if len(futures) == 1 and pending:
+                _show_progress(client, futures[0], bar, label)
+
+
+def _show_progress(client: Client, fut: Future[Any], bar: Any, label: str) -> None:
+    """A single long task: what it reports with ``taskq.progress`` goes in the bar's
+    label (read about once a second; a batch keeps its done/total bar)."""
+    with contextlib.suppress(TaskqError, redis.RedisError, ValueError):
+        p = client.progress(fut)
+        if p is not None:
+            of = f"/{p.total:g}" if p.total is not None else ""
+            bar.label = f"{label} {p.done:g}{of}"
+            bar.render_progress()
 
 
 def _reduce(how: str | None, values: list[Any]) -> Any:

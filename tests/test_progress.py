@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import taskq
+from taskq import cli
 from taskq.client.replies import Progress
 
 TESTS = Path(__file__).parent
@@ -40,6 +41,13 @@ def worker(redis_url: str) -> Iterator[None]:
     proc.wait(timeout=10)
 
 
+class _Bar:
+    label, rendered = "", False
+
+    def render_progress(self) -> None:
+        self.rendered = True
+
+
 def test_progress_is_a_no_op_outside_a_task() -> None:
     assert taskq.progress(1, 2, note="x") is None
 
@@ -62,6 +70,9 @@ def test_progress_is_seen_several_times_while_the_task_runs(redis_url: str, work
         assert mid.info == {"stage": "work"} and abs(mid.at - time.time()) < 30
         assert fut.result(timeout=30) == 80
         assert client.progress("no-such-task") is None
+        bar = _Bar()  # taskq enqueue's bar for a single task shows its progress
+        cli._show_progress(client, fut, bar, "progress.steps")
+        assert bar.rendered and bar.label.startswith("progress.steps ") and "/80" in bar.label
     dones = [p.done for p in seen]
     assert dones == sorted(dones) and len(set(dones)) >= 3
     gaps = [b.at - a.at for a, b in itertools.pairwise(seen)]
