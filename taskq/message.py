@@ -19,7 +19,8 @@ A task is one stream entry with these fields:
 Envelope keys: ``id`` task id, ``t`` task name, ``a`` args (a list; for a chunk, a list of
 argument lists), ``k`` kwargs, ``r`` reply inbox (client id), ``b`` batch id, ``kr`` keep
 the result, ``to`` timeout override (s), ``c`` 1 for a chunk, ``p`` base64 pickle,
-``exp`` the unix time (s) after which a node refuses the entry (signed envelopes).
+``exp`` the unix time (s) after which a node refuses the entry (signed envelopes),
+``tp``/``ts`` the W3C traceparent/tracestate of the producer's span (optional).
 
 An outcome is a JSON object ``{"id", "ok": true, "v"}`` or ``{"id", "ok": false,
 "e": [type, message, traceback]}``. A chunk's outcome is ``{"id", "ok": true, "c": 1,
@@ -69,6 +70,10 @@ class TaskMessage:
     """Unix time (s) after which a node refuses this entry (``exp``, signed with it)."""
     signed: bool = False
     """Set by :func:`decode` when the envelope's signature verified (never encoded)."""
+    traceparent: str | None = None
+    """W3C trace context of the producer's active span (``tp``/``ts``, inside the signed
+    body), for the task to continue the trace (:func:`taskq.current_task`)."""
+    tracestate: str | None = None
 
     def encode(self, expires: float | None = None) -> bytes:
         """The envelope JSON; ``expires`` (unix s) overrides :attr:`expires`."""
@@ -90,6 +95,10 @@ class TaskMessage:
         expires = self.expires if expires is None else expires
         if expires is not None:
             env["exp"] = int(expires)
+        if self.traceparent is not None:
+            env["tp"] = self.traceparent
+            if self.tracestate:
+                env["ts"] = self.tracestate
         if self.payload is None:
             unfaithful(self.args, self.kwargs, f"argument of task {self.task!r}")
         try:
@@ -354,6 +363,7 @@ def decode(body: bytes, signature: bytes | None, secret: bytes | None, queue: st
         raise MessageError("envelope names no task")
     exp = env.get("exp")
     reply, batch = env.get("r"), env.get("b")
+    tp, ts = env.get("tp"), env.get("ts")  # advice: a bad one is dropped, never refused
     return TaskMessage(
         id=env["id"],
         task=name,
@@ -367,6 +377,8 @@ def decode(body: bytes, signature: bytes | None, secret: bytes | None, queue: st
         payload=payload,
         expires=float(exp) if isinstance(exp, (int, float)) else None,
         signed=signed,
+        traceparent=tp if isinstance(tp, str) else None,
+        tracestate=ts if isinstance(ts, str) else None,
     )
 
 

@@ -30,12 +30,13 @@ from taskq.broker.queue import Signed
 from taskq.client import calls, scheduled
 from taskq.client import cancel as cancels
 from taskq.client.calls import DEFAULT, CallOptions, TaskRef
+from taskq.client.encode import envelope
 from taskq.client.replies import OnProgress, Progress, Replies
 from taskq.client.sender import Sender
 from taskq.client.watchdog import Watchdog, mark_sent
 from taskq.config import Settings, redact_url
 from taskq.errors import BrokerError, TaskError
-from taskq.message import SIGNED_TTL, ChunkResult, Outcome, TaskMessage, decode_outcome, sign
+from taskq.message import SIGNED_TTL, ChunkResult, Outcome, TaskMessage, decode_outcome
 
 if TYPE_CHECKING:
     from taskq.signed import Context
@@ -177,21 +178,11 @@ class Client:
         """The bytes that go on the stream, encoded in the caller's thread: a value JSON
         cannot carry, or a message over the size limit, raises at the call that made it
         (TypeError naming the argument, ValueError with the limit), never fails the
-        calls group-committed with it. The sender thread then only writes bytes."""
+        calls group-committed with it. The sender thread then only writes bytes. One
+        encoder for every producer (:mod:`taskq.client.encode`, AsyncClient's too)."""
         if not self._group_ready:
             self._first_use()
-        secret = self.settings.secret
-        if secret is None:
-            body, signature = msg.encode(), None
-        else:  # with a secret every envelope is signed: bound to the queue, with an expiry
-            body = msg.encode(time.time() + self.message_ttl)
-            signature = sign(secret, self.queue, body)
-        if len(body) > self.settings.max_message_bytes:
-            raise ValueError(
-                f"task {msg.task!r}: its message is {len(body)} bytes, over the "
-                f"{self.settings.max_message_bytes}-byte limit (Settings.max_message_bytes): "
-                "pass a reference to large data (a path, a key), not the data")
-        return body, signature
+        return envelope(msg, self.settings, self.queue, self.message_ttl)
 
     def _first_use(self) -> None:
         """Create the stream's group once, in the caller's thread: a Redis that cannot be
