@@ -52,6 +52,7 @@ from taskq.message import (
     routing_of,
     sign_outcome,
 )
+from taskq.node import context
 from taskq.node.child import arm_timeout
 
 _secret: bytes | None = None
@@ -73,6 +74,7 @@ def init_child(
     registry.task_names()  # loads the built-ins once, before the first task
     if init:
         registry.resolve_callable(init)(*init_args)
+    context.setup_tracing()  # after --init: it is where a tracer provider gets set
 
 
 def _routing(msg: TaskMessage) -> Routing:
@@ -90,7 +92,13 @@ def run_entry(entry: Entry) -> Report:
         return dead_letter(entry, f"untrusted payload: {exc}")
     except MessageError as exc:
         return dead_letter(entry, f"malformed message: {exc}")
-    report = _run_msg(msg, entry)._replace(task=task_label(msg))
+    context.begin(msg, entry.attempt)  # taskq.current_task(), and its span if tracing
+    try:
+        report = _run_msg(msg, entry)._replace(task=task_label(msg))
+    except BaseException:
+        context.end(None)
+        raise
+    context.end(report)
     return _signed(entry, report, _secret) if msg.signed else report
 
 
