@@ -19,6 +19,15 @@ from taskq.config import DEFAULTS, Settings, env_queue, env_url
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
+@pytest.fixture(autouse=True)
+def _never_the_default_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests run the CLI in process with bad input, expecting it to stop before it
+    connects: should one ever get further, it must not reach a Redis that happens to run
+    on the default localhost:6379 (a shared server on development machines)."""
+    if not os.environ.get("TASKQ_URL"):
+        monkeypatch.setenv("TASKQ_URL", UNREACHABLE)
+
+
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))
