@@ -26,16 +26,20 @@ if TYPE_CHECKING:
     from concurrent.futures import as_completed, wait
     from multiprocessing import TimeoutError
 
+    from taskq.client.aio import AsyncClient
     from taskq.compat.futures import Executor
     from taskq.compat.futures import Executor as ProcessPoolExecutor
     from taskq.compat.pool import AsyncResult, Pool
     from taskq.compat.process import Process, cpu_count
     from taskq.compat.shared import Lock, Value
     from taskq.local.cluster import LocalCluster
+    from taskq.node.context import current_task
 
 # The Executor/Pool side loads cloudpickle: imported on first use, so `import taskq` on
 # a worker node (JSON tasks only) stays light.
 _LAZY = {
+    "AsyncClient": ("taskq.client.aio", "AsyncClient"),  # loads redis.asyncio
+    "current_task": ("taskq.node.context", "current_task"),
     "Executor": ("taskq.compat.futures", "Executor"),
     "ProcessPoolExecutor": ("taskq.compat.futures", "Executor"),
     "LocalCluster": ("taskq.local.cluster", "LocalCluster"),
@@ -62,6 +66,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AsyncClient",
     "AsyncResult",
     "Batch",
     "BatchStatus",
@@ -88,6 +93,7 @@ __all__ = [
     "WorkerLostError",
     "as_completed",
     "cpu_count",
+    "current_task",
     "periodic",
     "progress",
     "schedule",
