@@ -74,6 +74,9 @@ def test_submit_map_errors_and_a_thousand_concurrent_submits(
                 await (await client.apply("aio.divide", (1, 0)))
             assert [v async for v in client.map("aio.square", range(10), chunksize=3)] == \
                 [x * x for x in range(10)]
+            assert [v async for v in client.map("aio.square", [])] == []
+            with pytest.raises(TypeError, match="not JSON-serializable"):  # alone, at the call
+                await client.submit("aio.square", {1, 2})
 
             before = pipelines
             futures = await asyncio.gather(*(client.submit("aio.square", i) for i in range(1000)))

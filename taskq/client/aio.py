@@ -228,6 +228,8 @@ class AsyncClient:
         """Queue ``envelopes`` for the next pipeline and wait until it is written."""
         if self._closed:
             raise RuntimeError("the client is closed")
+        if not envelopes:
+            return  # (an empty map): no pipeline would ever resolve its wait
         self._pending.extend(envelopes)
         if self._written is None:
             self._written = asyncio.get_running_loop().create_future()
