@@ -220,12 +220,23 @@ DEAD_LETTER_ERROR = "DeadLetteredError"
 """The error type a producer sees for every dead-lettered task, whatever the reason."""
 
 
-def dead_letter(entry: Entry, reason: str) -> Report:
+def dead_letter(entry: Entry, reason: str, secret: bytes | None = None) -> Report:
     """The one dead-letter report: never run, kept with its reason; the producer (if the
-    envelope names one) gets a DeadLetteredError that says why."""
+    envelope names one) gets a DeadLetteredError that says why.
+
+    With the node's ``secret``, the outcome is signed for its task exactly when the entry
+    carries a valid signature for its queue: a producer that signs waits only for signed
+    replies, and a forged entry must never earn one."""
     routing = routing_of(entry.body)
     outcome = encode_error(routing.task_id if routing else "?",
                            (DEAD_LETTER_ERROR, f"dead-lettered: {reason}", ""))
+    if secret is not None and routing is not None and entry.signature is not None:
+        try:
+            verify(secret, entry.queue, entry.body, entry.signature)
+        except SignatureError:
+            pass
+        else:
+            outcome = sign_outcome(secret, routing.task_id, outcome)
     return Report("dead", routing, outcome, entry.packed(), reason.encode())
 
 

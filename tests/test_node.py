@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 import redis as redis_lib
 
@@ -25,7 +26,14 @@ import taskq
 from taskq.broker import GROUP, Broker, QueueKeys
 from taskq.broker.claim import SyncClaim
 from taskq.config import Settings
-from taskq.message import Outcome, TaskMessage, decode_outcome, decode_outcomes
+from taskq.message import (
+    Outcome,
+    TaskMessage,
+    decode_outcome,
+    decode_outcomes,
+    outcome_verifies,
+    sign,
+)
 from taskq.node.node import Node
 from taskq.node.schedule import PERIODIC
 
@@ -325,3 +333,26 @@ def test_outage_while_draining_keeps_a_failed_report_until_redis_is_back(
     stored = result(r, task_id)
     assert stored is not None and stored.result() == "kept"
     assert pending(r) == [] and r.xlen(STREAM) == 0
+
+
+SECRET = b"s" * 32
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_poison_dead_letter_is_signed_exactly_when_its_entry_was(
+        r: redis_lib.Redis, make_node: Callable[..., Node], signed: bool) -> None:
+    """A producer with a secret accepts only replies signed for its task: the node parent's
+    own dead letters (poison, oversize) are signed for entries the producer signed, and
+    never for one it did not (a forged entry must not earn a signed reply)."""
+    node = make_node(max_deliveries=2, secret=SECRET)
+    task_id = uuid.uuid4().hex
+    body = TaskMessage(task_id, "tests.node.add", [1, 1], reply_to=PRODUCER).encode()
+    Broker(r, "default").enqueue([(body, sign(SECRET, "default", body) if signed else None)])
+    delivered_to(r, "node-dead", age=5.0, deliveries=2)
+    node.schedule.make_due("reclaim")
+    step_until(node, lambda: r.xlen(KEYS.dead) == 1 and node.unreported_count == 0,
+               "the dead letter")
+    [blob] = r.lrange(KEYS.inbox(PRODUCER), 0, -1)
+    [obj] = orjson.loads(blob)
+    assert obj["e"][0] == "DeadLetteredError"
+    assert outcome_verifies(SECRET, task_id, obj) is signed

@@ -40,8 +40,9 @@ class Holdings:
     """Held entries, unreported outcomes and suspects of one node, over its brokers."""
 
     def __init__(self, brokers: Sequence[Broker], node_id: str,
-                 on_reported: OnReported | None = None) -> None:
+                 on_reported: OnReported | None = None, secret: bytes | None = None) -> None:
         self.brokers = brokers
+        self.secret = secret  # signs the dead letters of entries the producer signed
         self.node_id = node_id
         self.on_reported = on_reported
         self.held: dict[JobKey, Entry] = {}
@@ -68,7 +69,7 @@ class Holdings:
     def dead(self, qi: int, entry: Entry, reason: str) -> None:
         """Dead-letter a held entry: never run, reported with its reason."""
         self.held.pop((qi, entry.entry_id), None)
-        report = dead_letter(entry, reason)
+        report = dead_letter(entry._replace(queue=self.brokers[qi].queue), reason, self.secret)
         self.record(qi, entry.entry_id, report)
         task_id = report.routing.task_id if report.routing else "?"
         log.warning("task %s (entry %s) dead-lettered: %s", task_id, entry.entry_id.decode(),

@@ -115,7 +115,8 @@ class Node:
         self.processed = self.failed = 0
         self.telemetry = Telemetry(settings.queues, settings.metrics)
         self.metrics = self.telemetry.metrics  # None unless settings.metrics
-        self._holdings = Holdings(self.brokers, self.node_id, self.telemetry.on_reported)
+        self._holdings = Holdings(self.brokers, self.node_id, self.telemetry.on_reported,
+                                  secret=settings.secret)
         self.telemetry.attach(self._holdings, self.pool)
         self.control = NodeControl(self.node_id, self.client, self.brokers, self._holdings,
                                    self.pool, url=None if client is not None else settings.url,

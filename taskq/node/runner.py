@@ -87,7 +87,7 @@ def run_entry(entry: Entry) -> Report:
     try:
         msg = decode(entry.body, entry.signature, _secret, entry.queue, _require_signed)
     except ExpiredError as exc:  # its signature verified: its producer may be told so
-        return _signed(entry, dead_letter(entry, f"expired: {exc}"), _secret)
+        return dead_letter(entry, f"expired: {exc}", _secret)
     except SignatureError as exc:  # never signed: a forger must get no signed reply
         return dead_letter(entry, f"untrusted payload: {exc}")
     except MessageError as exc:
