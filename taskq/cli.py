@@ -291,6 +291,9 @@ def _format(value: Any) -> str:
 @click.option("--timeout", type=_POSITIVE, default=None, help="Seconds to wait for results.")
 @click.option("--delay", "delay_text", default=None, metavar="DURATION",
               help="Start no earlier than this from now: 90 (seconds), 30s, 5m, 1h.")
+@click.option("--wait-replicas", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Count the enqueue done only once N replicas have it (WAIT N; env "
+                   "TASKQ_WAIT_REPLICAS; default 0).")
 @global_options
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
               help="Module whose @task functions to register (repeatable).")
@@ -298,7 +301,7 @@ def _format(value: Any) -> str:
 @friendly_errors
 def enqueue(ctx: click.Context, task: str, args: tuple[str, ...], queue: str | None,
             chunk_size: int, no_wait: bool, timeout: float | None, delay_text: str | None,
-            imports: tuple[str, ...]) -> None:
+            wait_replicas: int | None, imports: tuple[str, ...]) -> None:
     """Enqueue TASK with ARGS (JSON literals, else strings), wait, and print its result.
 
     A range task such as `primes START END` is split into chunks of --chunk-size.
@@ -306,7 +309,7 @@ def enqueue(ctx: click.Context, task: str, args: tuple[str, ...], queue: str | N
     delay = None if delay_text is None else parse_duration("--delay", delay_text)
     import_modules(imports)
     spec, calls = _plan(task, [parse_arg(a) for a in args], chunk_size)
-    settings = _settings(ctx, queues=(queue,) if queue else None)
+    settings = _settings(ctx, queues=(queue,) if queue else None, wait_replicas=wait_replicas)
     with Client(settings=settings) as client:
         _submit_and_report(client, spec, calls, no_wait, timeout, delay=delay)
 
@@ -389,6 +392,9 @@ def run(task: str, args: tuple[str, ...], procs: int | None, chunk_size: int,
                    "env TASKQ_METRICS; default off).")
 @click.option("--require-signed", is_flag=True, default=None,
               help="Dead-letter every unsigned entry (needs TASKQ_SECRET; env TASKQ_REQUIRE_SIGNED=1).")
+@click.option("--wait-replicas", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Report a completion done only once N replicas have it (WAIT N; env "
+                   "TASKQ_WAIT_REPLICAS; default 0).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--log-format", default="text", show_default=True,
@@ -402,7 +408,8 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim
            lease: float | None, max_tasks_per_child: int | None,
            max_memory_per_child: float | None, shutdown_timeout: float | None,
            max_deliveries: int | None, hard_timeout_grace: float | None, metrics: str | None,
-           require_signed: bool | None, log_level: str, log_format: str) -> None:
+           require_signed: bool | None, wait_replicas: int | None, log_level: str,
+           log_format: str) -> None:
     """Run a worker node until SIGTERM/SIGINT (a second signal stops at once)."""
     from taskq.node.logs import configure
     from taskq.node.node import Node
@@ -427,7 +434,7 @@ def worker(ctx: click.Context, procs: int | None, queues: tuple[str, ...], claim
         max_deliveries=max_deliveries, hard_timeout_grace=hard_timeout_grace,
         max_memory_per_child=int(max_memory_per_child * 1024 * 1024) if max_memory_per_child else None,
         metrics=parse_metrics(metrics) if metrics else None,
-        require_signed=require_signed or None,
+        require_signed=require_signed or None, wait_replicas=wait_replicas,
     )
     if procs is None:
         from taskq.cpus import describe_cpus

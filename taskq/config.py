@@ -3,11 +3,16 @@
 Every default is written once, as a field of :class:`Settings` (read back through
 :data:`DEFAULTS`, e.g. by the CLI's help texts). The ``TASKQ_*`` environment is read only
 here: :meth:`Settings.from_env` (``TASKQ_URL``, ``TASKQ_QUEUE``, ``TASKQ_PROCS``,
-``TASKQ_BATCH``, ``TASKQ_LEASE``, ``TASKQ_RESULT_TTL``, ``TASKQ_SECRET``, ``TASKQ_METRICS``)
+``TASKQ_BATCH``, ``TASKQ_LEASE``, ``TASKQ_RESULT_TTL``, ``TASKQ_SECRET``, ``TASKQ_METRICS``,
+``TASKQ_WAIT_REPLICAS``)
 and the small
 readers below (:func:`env_url`, :func:`env_queue`, :func:`env_redis_server`) for the
 modules that need one variable. Explicit arguments and CLI options win over the env.
 Durations are float seconds here; they are converted at the Redis boundary.
+
+Redis URLs are checked here too (:func:`validate_url`), and the two schemes redis-py has
+no URL for, ``redis+cluster://`` and ``redis+sentinel://`` (and their ``rediss+``
+forms), are parsed here only (:func:`parse_target`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 
@@ -99,6 +104,9 @@ class Settings:
     """The shared secret (``TASKQ_SECRET``): at least 32 bytes, see :func:`check_secret`."""
     require_signed: bool = False
     """A node dead-letters every unsigned entry (``--require-signed`` / ``TASKQ_REQUIRE_SIGNED=1``)."""
+    wait_replicas: int = 0
+    """Replicas that must acknowledge an enqueue / a completion (``WAIT N``) before it
+    counts as done; 0: don't wait (``--wait-replicas`` / ``TASKQ_WAIT_REPLICAS``)."""
     metrics: tuple[str, int] | None = None
     """(host, port) a node serves /metrics and /healthz on; None: off. ``--metrics
     [HOST:]PORT`` / ``TASKQ_METRICS`` (see :func:`parse_metrics`); port 0 picks a free one."""
@@ -116,6 +124,8 @@ class Settings:
             raise ConfigError(f"hard_timeout_grace must be >= 0, got {self.hard_timeout_grace}")
         if not self.queues:
             raise ConfigError("at least one queue is needed")
+        if self.wait_replicas < 0:
+            raise ConfigError(f"--wait-replicas must be >= 0, got {self.wait_replicas}")
         for q in self.queues:
             validate_queue_name(q)
         validate_url(self.url)
@@ -138,6 +148,7 @@ class Settings:
             "claim_size": _env_number("TASKQ_BATCH", int),
             "lease": _env_number("TASKQ_LEASE", float),
             "result_ttl": _env_number("TASKQ_RESULT_TTL", float),
+            "wait_replicas": _env_number("TASKQ_WAIT_REPLICAS", int),
             "secret": secret.encode() if secret else None,
             "require_signed": _env("TASKQ_REQUIRE_SIGNED") not in (None, "0", "false", "no"),
             "metrics": parse_metrics(metrics, "TASKQ_METRICS") if metrics else None,
@@ -196,7 +207,11 @@ def parse_metrics(text: str, what: str = "--metrics") -> tuple[str, int]:
     return host, number
 
 
-_URL_FORMS = "redis://[[user]:password@]host[:port][/db], rediss://… or unix://path[?db=N]"
+_URL_FORMS = ("redis://[[user]:password@]host[:port][/db], rediss://…, unix://path[?db=N], "
+              "redis+cluster://host:port[,host:port…]/ or "
+              "redis+sentinel://[[user]:password@]host:port[,host:port…]/MASTER[/DB]")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 _URL_STRING_OPTIONS = frozenset({
     "username", "password", "client_name", "protocol", "ssl_cert_reqs", "ssl_ca_certs",
     "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_min_version",
@@ -212,7 +227,7 @@ def redact_url(url: str) -> str:
         return f"{m[1]}{user}:***@" if sep else f"{m[1]}***@"  # a lone userinfo is a password
 
     url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@", mask, url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    return re.sub(r"([?&](?:sentinel_)?password=)[^&#]*", r"\1***", url)
 
 
 def validate_url(url: str) -> str:
@@ -222,6 +237,9 @@ def validate_url(url: str) -> str:
     def invalid(why: str) -> ConfigError:
         return ConfigError(f"invalid Redis URL {redact_url(url)!r}: {why} (expected {_URL_FORMS})")
 
+    if url.partition("://")[0] in (*CLUSTER_SCHEMES, *SENTINEL_SCHEMES):
+        parse_target(url)
+        return url
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -240,16 +258,106 @@ def validate_url(url: str) -> str:
         db = parts.path[1:] if parts.path.startswith("/") else parts.path
         if db and not db.isdigit():
             raise invalid(f"the database {db!r} is not a number")
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    _query_options(parts.query, invalid)
+    return url
+
+
+def _query_options(query: str, invalid: Callable[[str], ConfigError],
+                   extra: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The ``?name=value`` options, parsed as redis-py parses them (unknown: refused)."""
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
         parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)
         if parser is not None:
             try:
-                parser(value)
+                options[name] = parser(value)
             except (ValueError, TypeError):
                 raise invalid(f"option {name}={value!r} is not valid") from None
-        elif name not in _URL_STRING_OPTIONS:
+        elif name in _URL_STRING_OPTIONS or name in extra:
+            options[name] = value
+        else:
             raise invalid(f"unknown option {name!r}")
-    return url
+    return options
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ``redis+cluster://`` or ``redis+sentinel://`` URL, parsed: what
+    :func:`taskq.broker.connect` needs to build a RedisCluster or a Sentinel client."""
+
+    kind: str
+    """``cluster`` or ``sentinel``."""
+    hosts: tuple[tuple[str, int], ...]
+    """Startup nodes (cluster) or the Sentinels (sentinel)."""
+    ssl: bool = False
+    username: str | None = None
+    password: str | None = None
+    master: str | None = None
+    """The master name Sentinel knows (sentinel only)."""
+    db: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    """Query options for the data connections (``sentinel_password`` is taken out)."""
+    sentinel_password: str | None = None
+
+
+_DEFAULT_PORTS = {"cluster": 6379, "sentinel": 26379}
+
+
+def _hosts(text: str, kind: str, invalid: Callable[[str], ConfigError]) -> tuple[tuple[str, int], ...]:
+    hosts = []
+    for item in text.split(","):
+        m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(\d{1,5}))?", item.strip())
+        if m is None:
+            raise invalid(f"{item.strip()!r} is not host[:port]")
+        port = int(m[2]) if m[2] else _DEFAULT_PORTS[kind]
+        if not 0 < port <= 65535:
+            raise invalid(f"port {port} is out of range")
+        hosts.append((m[1].strip("[]"), port))
+    return tuple(hosts)
+
+
+def parse_target(url: str) -> Target:
+    """Parse a cluster or Sentinel URL (the one place they are read), or ConfigError.
+
+    ``redis+cluster://[[user]:password@]h1:p1[,h2:p2…][/]`` (a cluster has db 0 only);
+    ``redis+sentinel://[[user]:password@]h1:p1[,h2:p2…]/MASTER[/DB]``: the credentials
+    are the master's; ``?sentinel_password=`` is the Sentinels' own, if they have one.
+    """
+    def invalid(why: str) -> ConfigError:
+        return ConfigError(f"invalid Redis URL {redact_url(url)!r}: {why} (expected {_URL_FORMS})")
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in (*CLUSTER_SCHEMES, *SENTINEL_SCHEMES):
+        raise invalid(f"unknown scheme {scheme + ':' if sep else 'none'}")
+    kind = "cluster" if scheme in CLUSTER_SCHEMES else "sentinel"
+    if "#" in rest:
+        raise invalid("a #fragment means nothing to Redis")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if not hostlist:
+        raise invalid("no host")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username, password = (unquote(user) or None, unquote(pw)) if colon else (None, unquote(user))
+    hosts = _hosts(hostlist, kind, invalid)
+    options = _query_options(query, invalid, frozenset({"sentinel_password"}))
+    sentinel_password = options.pop("sentinel_password", None)
+    if kind == "cluster":
+        if sentinel_password is not None:
+            raise invalid("sentinel_password is for redis+sentinel:// URLs")
+        if path not in ("", "0"):
+            raise invalid("a Redis Cluster has database 0 only: end the URL with / or /0")
+        return Target(kind, hosts, scheme.startswith("rediss"), username, password,
+                      options=options)
+    master, _, db = path.strip("/").partition("/")
+    if not master:
+        raise invalid("no master name (…/MASTER_NAME[/DB])")
+    if db and not db.isdigit():
+        raise invalid(f"the database {db!r} is not a number")
+    return Target(kind, hosts, scheme.startswith("rediss"), username, password, master,
+                  int(db or 0), options, sentinel_password)
 
 
 DEFAULTS = Settings()

@@ -9,11 +9,19 @@ wait on, tell whether the answer is in, read it, drop it. Two implementations:
   pool events;
 - :class:`SyncClaim`, for in-process use on any client (fakeredis included, which has no
   socket to wait on): ``read`` does one non-blocking ``XREADGROUP`` through the client,
-  and the answer counts as in as soon as the claim is sent.
+  and the answer counts as in as soon as the claim is sent;
+- :class:`ClusterClaim`, for a Redis Cluster: one ``XREADGROUP`` over two queues' streams
+  is CROSSSLOT there, so it keeps one :class:`Claim` per queue outstanding on the
+  connection to that queue's master, and gives the loop one thing to wait on for all of
+  them (an epoll set of their sockets). A queue whose answer is in is claimed again at
+  the next :meth:`~ClusterClaim.send` while the others keep waiting, so each queue may
+  have up to ``count`` entries coming (held entries are bounded by queues x count).
 """
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -30,7 +38,12 @@ class Claimer(Protocol):
     """At most one claim at a time for one consumer on a fixed list of streams."""
 
     @property
-    def outstanding(self) -> bool: ...
+    def outstanding(self) -> bool:
+        """Is any claim out (its answer still to be read)?"""
+
+    @property
+    def full(self) -> bool:
+        """Is every claim it can have out (nothing more to :meth:`send`)?"""
 
     def send(self, count: int, block: float | None) -> None:
         """Ask for up to ``count`` new entries; ``block`` seconds to wait (None: don't)."""
@@ -66,7 +79,7 @@ class Claim:
 
     def __init__(self, pool: redis.ConnectionPool | str, streams: Sequence[str], consumer: str,
                  *, socket_timeout: float = 10.0) -> None:
-        self._pool = (connection_pool(pool, socket_timeout=socket_timeout,
+        self._pool = (connection_pool(pool, key=streams[0], socket_timeout=socket_timeout,
                                       socket_connect_timeout=5.0)
                       if isinstance(pool, str) else pool)
         self._streams = list(streams)
@@ -77,6 +90,8 @@ class Claim:
     @property
     def outstanding(self) -> bool:
         return self._conn is not None
+
+    full = outstanding
 
     def waitable(self) -> socket.socket | None:
         """The socket to wait on while the claim is outstanding."""
@@ -143,6 +158,8 @@ class SyncClaim:
     def outstanding(self) -> bool:
         return self._count is not None
 
+    full = outstanding
+
     def send(self, count: int, block: float | None) -> None:
         assert self._count is None, "one claim at a time"
         self._count = count
@@ -166,3 +183,75 @@ class SyncClaim:
 
     def close(self) -> None:
         self.drop()
+
+
+class ClusterClaim:
+    """One blocking :class:`Claim` per queue, each on its queue's master (Redis Cluster),
+    waited on together: :meth:`waitable` is an epoll set of the outstanding sockets."""
+
+    def __init__(self, url: str, streams: Sequence[str], consumer: str,
+                 *, socket_timeout: float = 10.0) -> None:
+        self._claims = [Claim(url, [s], consumer, socket_timeout=socket_timeout)
+                        for s in streams]
+        self._epoll = select.epoll()
+        self._watched: dict[int, int] = {}  # claim index -> registered fd
+
+    @property
+    def outstanding(self) -> bool:
+        return any(c.outstanding for c in self._claims)
+
+    @property
+    def full(self) -> bool:
+        return all(c.outstanding for c in self._claims)
+
+    def send(self, count: int, block: float | None) -> None:
+        """Claim again on every queue whose previous answer was read."""
+        for i, claim in enumerate(self._claims):
+            if not claim.outstanding:
+                claim.send(count, block)
+                sock = claim.waitable()
+                if sock is not None:
+                    self._watch(i, sock.fileno())
+
+    def waitable(self) -> select.epoll:
+        return self._epoll
+
+    def ready(self) -> bool:
+        return any(c.ready() for c in self._claims)
+
+    def read(self) -> dict[int, list[Entry]]:
+        """The answers that are in, by queue index; the other claims stay out."""
+        out: dict[int, list[Entry]] = {}
+        for i, claim in enumerate(self._claims):
+            if claim.ready():
+                self._unwatch(i)
+                try:
+                    got = claim.read().get(0)
+                except BaseException:
+                    self.drop()  # the loop backs off; every queue is claimed afresh
+                    raise
+                if got:
+                    out[i] = got
+        return out
+
+    def _watch(self, i: int, fd: int) -> None:
+        self._unwatch(i)
+        self._epoll.register(fd, select.EPOLLIN)
+        self._watched[i] = fd
+
+    def _unwatch(self, i: int) -> None:
+        fd = self._watched.pop(i, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):  # already closed (a dropped connection)
+                self._epoll.unregister(fd)
+
+    def drop(self) -> None:
+        for i, claim in enumerate(self._claims):
+            self._unwatch(i)
+            claim.drop()
+
+    def close(self) -> None:
+        self.drop()
+        for claim in self._claims:
+            claim.close()
+        self._epoll.close()

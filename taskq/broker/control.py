@@ -79,7 +79,7 @@ class ControlReader:
 
     def __init__(self, url: str, node_id: str, *, block: float = 2.0,
                  socket_timeout: float = 10.0) -> None:
-        self._pool = connection_pool(url, socket_timeout=socket_timeout,
+        self._pool = connection_pool(url, key=node_control(node_id), socket_timeout=socket_timeout,
                                      socket_connect_timeout=5.0)
         self._key = node_control(node_id)
         self._block_ms = int(block * 1000)

@@ -1,4 +1,8 @@
-"""The cluster-wide registry: queue names seen, and node heartbeats."""
+"""The cluster-wide registry: queue names seen, and node heartbeats.
+
+These keys (``taskq:queues``, ``taskq:nodes``, ``taskq:node:<id>``) belong to no queue,
+so on a Redis Cluster they live in slots of their own: every call here is a single-key
+command there (a pipeline of them only on a single server)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 import redis
 
+from taskq.broker.cluster import is_cluster
 from taskq.broker.keys import NODES_KEY, QUEUES_KEY, node_key
 
 
@@ -21,12 +26,14 @@ def heartbeat(client: redis.Redis, node_id: str, fields: Mapping[str, str | int]
               ttl: float) -> None:
     """Say this node is alive (one pipelined round trip), with what it reports of itself."""
     now_ms = int(time.time() * 1000)
-    pipe = client.pipeline(transaction=False)
-    pipe.zadd(NODES_KEY, {node_id: now_ms})
     mapping: dict[str, str | int] = {**fields, "id": node_id, "seen": now_ms}
-    pipe.hset(node_key(node_id), mapping=mapping)  # type: ignore[arg-type]
+    # On a cluster the two keys live in different slots: single-key commands there.
+    pipe: Any = client if is_cluster(client) else client.pipeline(transaction=False)
+    pipe.zadd(NODES_KEY, {node_id: now_ms})
+    pipe.hset(node_key(node_id), mapping=mapping)
     pipe.expire(node_key(node_id), max(1, int(ttl)))
-    pipe.execute()
+    if pipe is not client:
+        pipe.execute()
 
 
 def remove_node(client: redis.Redis, node_id: str) -> None:

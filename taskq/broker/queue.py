@@ -3,10 +3,17 @@
 Each atomic operation is one Lua script beside this module (``lua/*.lua``, each with a
 key-layout header) that receives all its keys in KEYS; everything else is a plain command
 or a pipeline. Nothing here decodes an envelope: entries are bytes in, bytes out.
+
+Every key of one call shares the queue's ``{q}`` tag, so on a Redis Cluster each call
+goes to the queue's master; scripts are always called directly, never inside a pipeline
+(a cluster pipeline refuses them). With ``wait_replicas`` an enqueue and a completion
+end with ``WAIT N`` on the connection that wrote (a plain pipeline on the slot's master,
+:func:`taskq.broker.cluster.slot_client`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -16,11 +23,15 @@ from typing import Any, cast
 import redis
 from redis.commands.core import Script
 
+from taskq.broker.cluster import slot_client
 from taskq.broker.keys import GROUP, QUEUES_KEY, QueueKeys, dedup_key_of
 from taskq.config import validate_queue_name
 from taskq.message import Entry, Report, stream_fields
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
+WAIT_TIMEOUT = 5.0
+"""Seconds a ``WAIT`` for replicas may take before the write counts as under-replicated."""
+log = logging.getLogger("taskq.broker")
 
 Signed = tuple[bytes, bytes | None]
 """An envelope ready to queue: body and its signature (None: unsigned)."""
@@ -35,8 +46,10 @@ def load_script(client: redis.Redis, package: str, name: str) -> Script:
 class Broker:
     """One queue's Redis operations, on one client."""
 
-    def __init__(self, client: redis.Redis, queue: str) -> None:
+    def __init__(self, client: redis.Redis, queue: str, *, wait_replicas: int = 0) -> None:
         self.client = client
+        self.wait_replicas = wait_replicas
+        """Replicas that must have an enqueue / a completion before it returns (0: none)."""
         self.queue = validate_queue_name(queue)
         self.keys = QueueKeys(queue)
         self._complete = load_script(client, __package__, "complete")
@@ -62,20 +75,40 @@ class Broker:
                 batch: tuple[str, float, dict[str, str]] | None = None) -> list[bytes]:
         """XADD every envelope in one pipelined round trip, counted once; with ``batch``
         = (id, ttl, extra fields), the batch hash is created first. The entry ids."""
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._writer()
         if batch is not None:
             batch_id, ttl, extra = batch
             key = self.keys.batch(batch_id)
             fields: dict[str, str | int] = {"total": len(envelopes), "done": 0, "failed": 0,
                                             **extra}
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.hset(key, mapping=fields)
             pipe.pexpire(key, int(ttl * 1000))
         stream = self.keys.stream
         for body, signature in envelopes:
-            pipe.xadd(stream, stream_fields(body, signature))  # type: ignore[arg-type]
+            pipe.xadd(stream, stream_fields(body, signature))
         pipe.hincrby(self.keys.stats, "enqueued", len(envelopes))
-        replies = pipe.execute()
+        replies = self._execute(pipe, "enqueue")
         return cast("list[bytes]", replies[-1 - len(envelopes):-1])
+
+    def _writer(self) -> Any:
+        """A pipeline for a write: with ``wait_replicas``, a plain one on the master of
+        the queue's slot, so the WAIT that ends it waits for this connection's writes."""
+        client = slot_client(self.client, self.keys.stream) if self.wait_replicas else self.client
+        return client.pipeline(transaction=False)
+
+    def _execute(self, pipe: Any, what: str) -> list[Any]:
+        """Run ``pipe``, ended by ``WAIT N`` when asked; an under-replicated write is
+        logged (it was applied on the master: retrying it would duplicate it)."""
+        if not self.wait_replicas:
+            replies: list[Any] = pipe.execute()
+            return replies
+        pipe.execute_command("WAIT", self.wait_replicas, int(WAIT_TIMEOUT * 1000))
+        *written, acked = pipe.execute()
+        if int(acked) < self.wait_replicas:
+            log.warning("%s on %s reached %d of %d replica(s) within %.0f s: it may be lost "
+                        "if the master fails now", what, self.queue, int(acked),
+                        self.wait_replicas, WAIT_TIMEOUT)
+        return list(written)
 
     def pop_replies(self, conn: redis.Redis, client_id: str, timeout: float) -> list[bytes]:
         """Block up to ``timeout`` s for the first reply in ``client_id``'s inbox (on
@@ -181,7 +214,12 @@ class Broker:
                     bk = key_index(keys.batch(r.routing.batch))
                     key_index(keys.batch_events(r.routing.batch))
             argv += [entry_id, r.kind, rk, ik, bk, r.outcome, r.packed, r.extra]
-        applied, suppressed = self._complete(keys=key_list, args=argv)
+        if not self.wait_replicas:
+            applied, suppressed = self._complete(keys=key_list, args=argv)
+        else:  # one connection for the script and the WAIT after it
+            pipe = self._writer()
+            self._complete(keys=key_list, args=argv, client=pipe)
+            applied, suppressed = self._execute(pipe, "completion")[0]
         return int(applied), int(suppressed)
 
     def renew(self, consumer: str, entry_ids: Sequence[bytes] | None = None,

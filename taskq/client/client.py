@@ -112,7 +112,7 @@ class Client:
         self.url = self.settings.url
         self.queue = self.settings.queues[0]
         self.redis = connect(self.url, socket_connect_timeout=5.0, socket_timeout=30.0)
-        self.broker = Broker(self.redis, self.queue)
+        self.broker = Broker(self.redis, self.queue, wait_replicas=self.settings.wait_replicas)
         self.client_id = os.urandom(8).hex()
         self._ids = itertools.count()
         self._replies = Replies(

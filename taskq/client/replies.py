@@ -4,8 +4,9 @@ Every client has a reply inbox (a Redis list) that the completion script pushes 
 to; one listener thread per client blocks on it and resolves futures, so results arrive
 by push, never by polling. Every chunk's future resolves with one
 :class:`~taskq.message.ChunkResult`, decoded here whichever way the chunk travelled.
-After a lost connection it reads the stored results of the futures still waiting
-(replies popped just before a drop are gone; stored ones are not).
+After a lost connection or a failover (never fatal to the thread) it reads the stored
+results of the futures still waiting (replies popped just before a drop are gone; stored
+ones are not).
 
 Trust: a client with a secret signs every task it sends (:meth:`Client._write`), so it
 takes for each of its futures only a reply signed for that task id (``os``, or ``xs`` for
@@ -33,6 +34,7 @@ import orjson
 import redis
 
 from taskq.broker import REDIS_DOWN, Broker
+from taskq.broker.cluster import refresh, transient
 from taskq.broker.control import is_cancelled
 from taskq.message import decode_outcome, outcome_verifies
 
@@ -152,8 +154,12 @@ class Replies:
                             self.resolve(blob)
                     blobs = self._broker.drain_replies(conn, self._client_id)
                 backoff = 0.1
-            except REDIS_DOWN as exc:
-                log.warning("reply listener lost Redis (%s); retrying in %.1f s", exc, backoff)
+            except Exception as exc:  # a failover is an outage, never a dead listener
+                if not isinstance(exc, REDIS_DOWN) and not transient(exc):
+                    log.exception("reply listener: unexpected error; retrying in %.1f s", backoff)
+                else:
+                    log.warning("reply listener lost Redis (%s); retrying in %.1f s", exc, backoff)
+                refresh(conn)  # a cluster's slots may have moved (a no-op elsewhere)
                 missed = True
                 self._closed.wait(backoff)
                 backoff = min(backoff * 2, 1.0)  # reconnect within a second of Redis

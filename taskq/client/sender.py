@@ -5,7 +5,8 @@ to a buffer and return; one sender thread writes everything that accumulated whi
 previous round trip was in flight as one pipeline. An idle client sends at once (no
 timer, no linger), a busy one sends hundreds of tasks per round trip. Items arrive
 encoded (the caller's thread made the bytes, so a bad call never fails its neighbours);
-an outage of a Redis already used is retried for a while, logged once.
+an outage of a Redis already used is retried for a while, logged once; so is a failover
+(a moved slot, ``READONLY``, ``CLUSTERDOWN`` …: :func:`taskq.broker.cluster.transient`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-import redis
+from taskq.broker.cluster import transient
 
 log = logging.getLogger("taskq.client")
 
 T = TypeVar("T")
-_RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Sender(Generic[T]):
@@ -88,7 +88,10 @@ class Sender(Generic[T]):
             try:
                 self._write(items)
                 return
-            except _RETRYABLE as exc:
+            except Exception as exc:
+                if not transient(exc):  # a bad write: fail it, never retry it
+                    self._failed(items, exc)
+                    return
                 if time.monotonic() + backoff > deadline:
                     self._failed(items, exc)
                     return
@@ -97,6 +100,3 @@ class Sender(Generic[T]):
                                 exc, self._retry_for)
                 time.sleep(backoff)  # the only thing this thread can do: wait out the outage
                 backoff = min(backoff * 2, 2.0)
-            except Exception as exc:
-                self._failed(items, exc)
-                return

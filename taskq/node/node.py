@@ -44,7 +44,8 @@ import redis
 
 from taskq import registry
 from taskq.broker import Broker, connect, heartbeat, remove_node
-from taskq.broker.claim import Claim, Claimer, SyncClaim
+from taskq.broker.claim import Claim, Claimer, ClusterClaim, SyncClaim
+from taskq.broker.cluster import is_cluster, refresh
 from taskq.config import Settings
 from taskq.message import Entry, Report
 from taskq.node import runner, scheduler
@@ -94,11 +95,14 @@ class Node:
         self.client = client if client is not None else connect(
             settings.url, retries=False, socket_timeout=timeout, socket_connect_timeout=5.0)
         registry.import_task_modules(imports)  # retry policies for tasks whose process died
-        self.brokers = [Broker(self.client, q) for q in settings.queues]
+        self.brokers = [Broker(self.client, q, wait_replicas=settings.wait_replicas)
+                        for q in settings.queues]
         streams = [b.keys.stream for b in self.brokers]
         if claim is None:
+            # A cluster refuses one XREADGROUP over several queues (CROSSSLOT): one claim each.
+            multi = ClusterClaim if is_cluster(self.client) and len(streams) > 1 else Claim
             claim = (SyncClaim(self.client, streams, self.node_id) if client is not None else
-                     Claim(settings.url, streams, self.node_id, socket_timeout=timeout))
+                     multi(settings.url, streams, self.node_id, socket_timeout=timeout))
         self.claim = claim
         self.pool = SupervisedPool(
             settings.procs,
@@ -339,6 +343,7 @@ class Node:
                 "Redis unavailable (%s); retrying in %.1f s", exc, delay)
         self.claim.drop()
         self.control.drop()
+        refresh(self.client)  # a failover: the slots may have new masters (no-op off cluster)
         self.schedule.make_due("renew")  # first thing once it is back: keep what we hold
 
     # -- claiming ---------------------------------------------------------------------
@@ -347,7 +352,7 @@ class Node:
         return self.pool.idle_capacity + self.settings.procs - self.pool.queued
 
     def _maybe_claim(self) -> None:
-        if self._stopping or self.claim.outstanding:
+        if self._stopping or self.claim.full:
             return
         count = min(self._room(), self.settings.claim_size)
         if count > 0:

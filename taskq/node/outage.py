@@ -1,5 +1,5 @@
 """Redis going away, as the node loop sees it: which errors mean "back off and try again"
-(an outage, an unwell server, a queue that vanished) and how long to back off.
+(an outage, an unwell server, a failover, a queue that vanished) and how long to back off.
 """
 
 from __future__ import annotations
@@ -7,28 +7,28 @@ from __future__ import annotations
 import redis
 
 from taskq.broker import REDIS_DOWN
+from taskq.broker.cluster import transient
 from taskq.errors import BrokerError
 
 DOWN = (*REDIS_DOWN, BrokerError)
 """What a Redis that went away raises."""
-_UNWELL = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
-           redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
-"""Error replies of a server that cannot serve us right now: back off as if it were down
-(so do MISCONF, a failing disk, and the same errors raised inside a script)."""
-_UNWELL_CODES = ("MISCONF", "READONLY", "OOM", "TRYAGAIN")
 
 
 def outage(exc: BaseException) -> str | None:
     """``"down"`` (back off and retry), ``"nogroup"`` (the stream vanished, as when Redis
-    restarted empty: recreate it) or None (a real error: let it propagate)."""
+    restarted empty: recreate it) or None (a real error: let it propagate).
+
+    Down: Redis away, an unwell server (``OOM``, ``MISCONF``) and every sign of a
+    failover (:func:`taskq.broker.cluster.transient`: ``MOVED``/``ASK``, ``TRYAGAIN``,
+    ``CLUSTERDOWN``, ``READONLY``, "previous master is now a slave", ``UNBLOCKED`` …),
+    raised by a command or inside a script."""
     if isinstance(exc, DOWN):
         return "down"
-    if not isinstance(exc, redis.ResponseError):
-        return None
-    text = str(exc)
-    if "NOGROUP" in text:
+    if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
         return "nogroup"
-    if isinstance(exc, _UNWELL) or any(code in text for code in _UNWELL_CODES):
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or transient(exc):
+        return "down"
+    if isinstance(exc, redis.ResponseError) and "OOM" in str(exc):
         return "down"
     return None
 
