@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import datetime
 import inspect
+import itertools
 import json
 import math
 import multiprocessing
@@ -152,6 +153,8 @@ def make_rows(sizes: Sizes, f_approx: bool) -> list[Row]:
     rows = [
         Row("A", f"A  {sizes.a_tasks:,} no-ops, one submit each", "tasks/s",
             "≥ 0.75x mp", _ratio_at_least("A", 0.75)),
+        Row("A-metrics", "A  the same, node with --metrics", "tasks/s",
+            "≥ 0.97x taskq A", _vs_loopback_a("A-metrics", 0.97)),
         Row("A-map", f"A-map  Pool.map(noop, range({sizes.map_items:,}))", "items/s",
             "≥ 0.5x mp", _ratio_at_least("A-map", 0.5)),
         Row("B", f"B  primes < {sizes.primes_below:,}, "
@@ -406,15 +409,17 @@ class Bench:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
         return env
 
-    def worker_cmd(self, url: str, queue: str) -> list[str]:
-        metrics = ["--metrics", "127.0.0.1:0"] if self.opts.metrics else []  # any free port
+    def worker_cmd(self, url: str, queue: str, metrics_on: bool = False) -> list[str]:
+        on = metrics_on or self.opts.metrics
+        metrics = ["--metrics", "127.0.0.1:0"] if on else []  # any free port
         return [sys.executable, "-m", "taskq", "--url", url, "worker", "--procs", str(self.nprocs),
                 "--queue", queue, "--log-level", "warning", *metrics]
 
     def start_worker(self, queue: str, url: str | None = None,
-                     prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
-        proc = self.procs.start([*(prefix or []), *self.worker_cmd(url or self.url, queue)],
-                                "taskq-worker", env=self.worker_env())
+                     prefix: list[str] | None = None,
+                     metrics: bool = False) -> subprocess.Popen[bytes]:
+        cmd = self.worker_cmd(url or self.url, queue, metrics)
+        proc = self.procs.start([*(prefix or []), *cmd], "taskq-worker", env=self.worker_env())
         self.wait_node(proc)
         return proc
 
@@ -527,7 +532,7 @@ class Bench:
 
     @staticmethod
     def row_keys(workload: str) -> list[str]:
-        return {"A": ["A"], "A-map": ["A-map"], "B": ["B", "B-count"],
+        return {"A": ["A", "A-metrics"], "A-map": ["A-map"], "B": ["B", "B-count"],
                 "C": ["C-p50", "C-p99", "C-idle"], "D": ["D-rate", "D-mem"], "E": ["E"],
                 "R": ["R"]}[workload]
 
@@ -540,10 +545,11 @@ class Bench:
     @contextlib.contextmanager
     def taskq_node(self, tag: str, worker_url: str | None = None,
                    prefix: list[str] | None = None,
-                   client_url: str | None = None) -> Iterator[tuple[taskq.Client, Callable[[], None]]]:
+                   client_url: str | None = None,
+                   metrics: bool = False) -> Iterator[tuple[taskq.Client, Callable[[], None]]]:
         """A worker node on a fresh queue and a warm client; yields (client, alive-check)."""
         queue = self.queue_name(tag)
-        proc = self.start_worker(queue, url=worker_url, prefix=prefix)
+        proc = self.start_worker(queue, url=worker_url, prefix=prefix, metrics=metrics)
         try:
             with self.client(queue, client_url) as c:
                 yield c, lambda: check_alive(proc, "taskq worker")
@@ -584,8 +590,18 @@ class Bench:
 
         @contextlib.contextmanager
         def tq() -> Iterator[Measure]:
-            with self.taskq_node("a") as (c, alive):
-                yield lambda: {"A": taskq_a_once(c, n, alive)}
+            # The same A through a node with --metrics, in the same repeats (which of the
+            # two goes first alternates): the cost of metrics on the hot path, same run.
+            with self.taskq_node("a") as (c, alive), \
+                    self.taskq_node("am", metrics=True) as (cm, alive_m):
+                turn = itertools.count()
+
+                def once() -> dict[str, float]:
+                    pair = [("A", c, alive), ("A-metrics", cm, alive_m)]
+                    if next(turn) % 2:
+                        pair.reverse()
+                    return {key: taskq_a_once(cl, n, ok) for key, cl, ok in pair}
+                yield once
 
         def rq_(system: str) -> Session:
             @contextlib.contextmanager
