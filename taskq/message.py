@@ -1,7 +1,10 @@
-"""The wire, with no I/O: the task envelope, the packed stream entry, outcomes, reports,
-the one description of an exception, and signing.
+"""The wire, with no I/O: the task envelope and its decoding, the packed stream entry,
+reports and dead letters; this docstring describes the whole wire format.
 
-Both sides of Redis import this module; it imports neither.
+Outcomes (encoding, decoding, the description of an exception) are owned by
+:mod:`taskq.outcome`, signatures (``s``, ``os``, ``exp``) by :mod:`taskq.signing`; both
+sit below this module and never import it. Both sides of Redis import these three;
+they import neither side.
 
 A task is one stream entry with these fields:
 
@@ -26,31 +29,27 @@ An outcome is a JSON object ``{"id", "ok": true, "v"}`` or ``{"id", "ok": false,
 "e": [type, message, traceback]}``. A chunk's outcome is ``{"id", "ok": true, "c": 1,
 "v": [values], "ie": [[index, [type, message, traceback]], ...], "d": seconds}``: each
 item succeeds or fails on its own (``v`` holds null at a failed index, ``ie`` is absent
-when none failed); producers see it as one :class:`ChunkResult`, whichever way it
-travelled (a pickled chunk's result is the same type, see :mod:`taskq.signed`).
-The outcome of a signed task carries ``os``, the HMAC (result key, bound to the task id)
-of the outcome's JSON without it (:func:`sign_outcome`): a producer with a secret takes
-for its tasks only replies that verify, so a forged reply resolves no future.
+when none failed); producers see it as one :class:`~taskq.outcome.ChunkResult`,
+whichever way it travelled (a pickled chunk's result is the same type, see
+:mod:`taskq.signed`). The outcome of a signed task carries ``os``, the HMAC (result key,
+bound to the task id) of the outcome's JSON without it
+(:func:`taskq.signing.sign_outcome`): a producer with a secret takes for its tasks only
+replies that verify, so a forged reply resolves no future.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import math
 import time
-import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
 
-from taskq.config import derive_key
-from taskq.errors import ExpiredError, MessageError, SignatureError, TaskError, task_error
-
-ErrorTriple = tuple[str, str, str]
+from taskq.errors import ExpiredError, MessageError, SignatureError
+from taskq.outcome import DEAD_LETTER_ERROR, encode_error, unfaithful
+from taskq.signing import sign_outcome, verify
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,38 +104,6 @@ class TaskMessage:
             return orjson.dumps(env)
         except TypeError as exc:
             raise TypeError(f"arguments of task {self.task!r} are not JSON-serializable: {exc}") from None
-
-
-_INT_RANGE = range(-(2**63), 2**64)  # what orjson writes as a JSON integer
-
-
-def unfaithful(args: Sequence[Any], kwargs: dict[str, Any] | None, what: str) -> None:
-    """Raise TypeError naming the first value JSON would not give back exactly (NaN and
-    ±Infinity become null, tuples lists, datetimes and UUIDs strings): a value is never
-    changed silently on the way. Plain JSON values pass."""
-    todo: list[tuple[str, Any]] = [(f"[{i}]", v) for i, v in enumerate(args)]
-    if kwargs:
-        todo.extend((f"[{k!r}]", v) for k, v in kwargs.items())
-    while todo:
-        path, v = todo.pop()
-        t = type(v)
-        if t is str or t is bool or v is None or (t is int and v in _INT_RANGE):
-            continue
-        if t is float and math.isfinite(v):
-            continue
-        if t is list:
-            todo.extend((f"{path}[{i}]", x) for i, x in enumerate(v))
-        elif t is dict and all(type(k) is str for k in v):
-            todo.extend((f"{path}[{k!r}]", x) for k, x in v.items())
-        else:
-            raise TypeError(f"{what} {path} ({_short(v)}) is not JSON-serializable without "
-                            "change: use lists, str-keyed dicts, str, finite numbers (or a "
-                            "registered task and a secret: it then travels pickled)")
-
-
-def _short(v: Any) -> str:
-    text = repr(v)
-    return f"{type(v).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
 
 
 _FIELD_BODY, _FIELD_SIG, _FIELD_ATTEMPT = b"m", b"s", b"n"
@@ -216,10 +183,6 @@ class Report(NamedTuple):
     task: str = ""
 
 
-DEAD_LETTER_ERROR = "DeadLetteredError"
-"""The error type a producer sees for every dead-lettered task, whatever the reason."""
-
-
 def dead_letter(entry: Entry, reason: str, secret: bytes | None = None) -> Report:
     """The one dead-letter report: never run, kept with its reason; the producer (if the
     envelope names one) gets a DeadLetteredError that says why.
@@ -238,83 +201,6 @@ def dead_letter(entry: Entry, reason: str, secret: bytes | None = None) -> Repor
         else:
             outcome = sign_outcome(secret, routing.task_id, outcome)
     return Report("dead", routing, outcome, entry.packed(), reason.encode())
-
-
-def describe_exception(exc: BaseException) -> ErrorTriple:
-    """An exception as (qualified type name, message, traceback text): the one form every
-    error takes on the wire. A TaskError keeps the remote type and traceback it carries."""
-    if isinstance(exc, TaskError):
-        return (exc.type_name, exc.message, exc.remote_traceback or "".join(
-            traceback.format_exception(exc)))
-    cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<unprintable {name}>"
-    return (name, message, "".join(traceback.format_exception(exc)))
-
-
-SIGNED_TTL = 7 * 24 * 3600.0
-"""The default lifetime (s) a producer signs into an envelope (``exp``): generous, so only
-a stale or replayed entry ever meets it."""
-_MSG_DOMAIN, _OUTCOME_DOMAIN = b"taskq-message\x00", b"taskq-outcome\x00"
-
-
-def sign(secret: bytes, queue: str, body: bytes) -> bytes:
-    """The ``s`` of an envelope ``body`` sent on ``queue``."""
-    mac = hmac.new(derive_key(secret, "messages"), _MSG_DOMAIN, hashlib.sha256)
-    mac.update(queue.encode() + b"\x00")
-    mac.update(body)
-    return mac.hexdigest().encode()
-
-
-def verify(secret: bytes | None, queue: str, body: bytes, signature: bytes | None) -> None:
-    if signature is None:
-        raise SignatureError("payload is not signed")
-    if secret is None:
-        raise SignatureError("signed payload but this worker has no TASKQ_SECRET")
-    if not hmac.compare_digest(sign(secret, queue, body), signature):
-        raise SignatureError(f"payload signature does not match this worker's TASKQ_SECRET "
-                             f"for queue {queue!r}")
-
-
-def sign_outcome(secret: bytes, task_id: str, outcome: bytes) -> bytes:
-    """An outcome JSON object signed for ``task_id``: ``os`` appended, the HMAC (result
-    key) of the object's JSON without it. orjson writes what it parses back byte for
-    byte, so the producer recomputes it from the parsed object (:func:`outcome_verifies`)."""
-    sig = _outcome_mac(secret, task_id, outcome)
-    return b"%s,\"os\":\"%s\"}" % (outcome[:-1], sig)
-
-
-def _outcome_mac(secret: bytes, task_id: str, outcome: bytes) -> bytes:
-    mac = hmac.new(derive_key(secret, "results"), _OUTCOME_DOMAIN, hashlib.sha256)
-    mac.update(task_id.encode() + b"\x00")
-    mac.update(outcome)
-    return mac.hexdigest().encode()
-
-
-def outcome_verifies(secret: bytes, task_id: str, obj: dict[str, Any]) -> bool:
-    """Is the parsed outcome ``obj`` signed (``os``, or ``xs`` for a pickled result, which
-    :mod:`taskq.signed` checks in full) for ``task_id``?"""
-    if obj.get("id") != task_id:
-        return False
-    if "x" in obj:
-        text, xs = obj.get("x"), obj.get("xs")
-        if not isinstance(text, str) or not isinstance(xs, str):
-            return False
-        from taskq.signed import result_signature  # a pickled result: loaded next anyway
-
-        return hmac.compare_digest(result_signature(secret, task_id, text.encode()).encode(),
-                                   xs.encode())
-    sig = obj.get("os")
-    if not isinstance(sig, str):
-        return False
-    try:
-        body = orjson.dumps({k: v for k, v in obj.items() if k != "os"})
-    except TypeError:
-        return False
-    return hmac.compare_digest(_outcome_mac(secret, task_id, body), sig.encode())
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -411,145 +297,3 @@ def _check_signature(env: dict[str, Any], body: bytes, signature: bytes | None,
         if time.time() > exp:
             raise ExpiredError(f"expired at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(exp))} UTC")
     return True
-
-
-# -- outcomes -----------------------------------------------------------------------
-
-
-def encode_ok(task_id: str, value: Any) -> bytes:
-    """TypeError if JSON would not give ``value`` back exactly (see :func:`unfaithful`)."""
-    unfaithful((value,), None, "result")
-    return orjson.dumps({"id": task_id, "ok": True, "v": value})
-
-
-def encode_error(task_id: str, error: ErrorTriple) -> bytes:
-    return orjson.dumps({"id": task_id, "ok": False, "e": list(error)})
-
-
-def encode_chunk(task_id: str, values: list[Any], errors: Sequence[tuple[int, ErrorTriple]],
-                 duration: float) -> bytes:
-    """A chunk's outcome: the values in order (None where an item failed), the failed
-    items' errors by index, and the seconds the chunk's work took."""
-    unfaithful(values, None, "result")
-    obj: dict[str, Any] = {"id": task_id, "ok": True, "c": 1, "v": values, "d": duration}
-    if errors:
-        obj["ie"] = [[i, list(e)] for i, e in errors]
-    return orjson.dumps(obj)
-
-
-class ChunkResult:
-    """The results of one chunk (many calls in one message), on the producer: ``values``
-    in order, ``errors`` (the failed items' exceptions) by index, ``duration`` the
-    seconds of work on the worker (None if unknown). Iterating yields the values in
-    order and raises at the first failed item, like ``map``; :meth:`item` reads one
-    item (value or raise) so a caller can go on after a failure, like ``imap``."""
-
-    __slots__ = ("duration", "errors", "values")
-
-    def __init__(self, values: list[Any], errors: dict[int, BaseException] | None = None,
-                 duration: float | None = None) -> None:
-        self.values = values
-        self.errors: dict[int, BaseException] = errors or {}
-        self.duration = duration
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __iter__(self) -> Iterator[Any]:
-        if not self.errors:
-            return iter(self.values)
-        return (self.item(i) for i in range(len(self.values)))
-
-    def item(self, index: int) -> Any:
-        """The value of item ``index``, or raise its error."""
-        error = self.errors.get(index) if self.errors else None
-        if error is not None:
-            raise error
-        return self.values[index]
-
-    def first_error(self) -> BaseException | None:
-        """The error of the lowest failed index, if any."""
-        return self.errors[min(self.errors)] if self.errors else None
-
-    def raise_first(self) -> None:
-        """Raise the error of the lowest failed index, if any item failed."""
-        error = self.first_error()
-        if error is not None:
-            raise error
-
-    def __repr__(self) -> str:
-        return f"<ChunkResult {len(self.values)} items, {len(self.errors)} failed>"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A decoded outcome; a chunk's ``value`` is its :class:`ChunkResult`."""
-
-    task_id: str
-    ok: bool
-    value: Any = None
-    error: ErrorTriple | None = None
-    exc: BaseException | None = None
-    """The exception itself, when it came back pickled (its own type, not a TaskError)."""
-
-    def result(self) -> Any:
-        """The value, or raise the remote error as a :class:`TaskError`."""
-        if self.ok:
-            return self.value
-        raise self.exception()
-
-    def exception(self) -> BaseException:
-        if self.exc is not None:
-            return self.exc
-        assert self.error is not None
-        return task_error(*self.error)
-
-
-def _error_triple(err: Any) -> ErrorTriple:
-    """``[type, message, traceback]``, strictly: a bad shape is a MessageError, never a
-    made-up error (a malformed reply must not resolve a future)."""
-    if not isinstance(err, list) or len(err) != 3 or not all(isinstance(x, str) for x in err):
-        raise MessageError(f"malformed error in outcome: {str(err)[:80]}")
-    return (err[0], err[1], err[2])
-
-
-def _chunk_result(obj: dict[str, Any]) -> ChunkResult:
-    values, duration, ie = obj.get("v"), obj.get("d"), obj.get("ie") or []
-    if not isinstance(values, list) or not isinstance(ie, list):
-        raise MessageError("malformed chunk outcome")
-    errors: dict[int, BaseException] = {}
-    for item in ie:
-        if (not isinstance(item, list) or len(item) != 2 or type(item[0]) is not int
-                or not 0 <= item[0] < len(values)):
-            raise MessageError("malformed chunk outcome")
-        errors[item[0]] = task_error(*_error_triple(item[1]))
-    return ChunkResult(values, errors, float(duration) if isinstance(duration, (int, float)) else None)
-
-
-def decode_outcome(raw: bytes | dict[str, Any], secret: bytes | None = None) -> Outcome:
-    """An outcome (JSON text or parsed) → :class:`Outcome`; MessageError if malformed.
-    A pickled result (``x``) is verified with ``secret`` and loaded (an error if there
-    is none): a stored result reads back as the value the future got."""
-    obj = orjson.loads(raw) if isinstance(raw, (bytes, str)) else raw
-    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-        raise MessageError("malformed outcome")
-    if "x" in obj:
-        from taskq import signed  # only for a pickled result: it loads cloudpickle
-
-        ok, value = signed.load_outcome(obj, secret)
-        if ok:
-            return Outcome(obj["id"], True, value)
-        return Outcome(obj["id"], False, error=describe_exception(value), exc=value)
-    if obj.get("ok") is True:
-        return Outcome(obj["id"], True, _chunk_result(obj) if "c" in obj else obj.get("v"))
-    if obj.get("ok") is False:
-        return Outcome(obj["id"], False, error=_error_triple(obj.get("e")))
-    raise MessageError("malformed outcome: no ok")
-
-
-def decode_outcomes(blob: bytes) -> list[Outcome]:
-    """An inbox element: a JSON array of outcomes pushed by one completion call."""
-    items = orjson.loads(blob)
-    if isinstance(items, dict):
-        items = [items]
-    return [decode_outcome(o) for o in items]

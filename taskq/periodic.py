@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from taskq import registry
 from taskq.config import validate_queue_name
 from taskq.errors import ConfigError
-from taskq.message import unfaithful
+from taskq.outcome import unfaithful
 
 F = TypeVar("F", bound=Callable[..., Any])
 

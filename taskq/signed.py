@@ -48,7 +48,7 @@ import cloudpickle.cloudpickle as _cloudpickle
 
 from taskq.config import derive_key
 from taskq.errors import SignatureError, TaskError
-from taskq.message import ChunkResult
+from taskq.outcome import ChunkResult
 
 CALL, MAP, STARMAP = 0, 1, 2
 VERSION = 1

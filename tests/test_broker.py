@@ -9,7 +9,8 @@ import pytest
 import redis as redis_lib
 
 from taskq.broker import GROUP, Broker
-from taskq.message import Entry, Report, TaskMessage, encode_error, encode_ok, routing_of
+from taskq.message import Entry, Report, TaskMessage, routing_of
+from taskq.outcome import encode_error, encode_ok
 
 pytestmark = pytest.mark.realserver
 

@@ -29,7 +29,7 @@ from taskq.broker import Broker
 from taskq.client import calls
 from taskq.client.calls import CallOptions
 from taskq.config import Settings
-from taskq.message import ChunkResult
+from taskq.outcome import ChunkResult
 
 pytestmark = pytest.mark.timeout(90)
 SECRET = "s3cret-for-call-tests-0123456789abcdef"

@@ -35,7 +35,8 @@ from taskq.dashboard import sampler as sampler_mod
 from taskq.dashboard.app import create_app
 from taskq.dashboard.metrics import Exposition
 from taskq.local.embedded import EmbeddedRedis
-from taskq.message import Entry, Report, TaskMessage, dead_letter, encode_error, encode_ok, routing_of
+from taskq.message import Entry, Report, TaskMessage, dead_letter, routing_of
+from taskq.outcome import encode_error, encode_ok
 
 AUTH = ("ops", "s3cret")
 

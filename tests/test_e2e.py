@@ -19,7 +19,7 @@ import redis as redis_lib
 
 import taskq
 from taskq.broker import Broker
-from taskq.message import sign
+from taskq.signing import sign
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}

@@ -21,7 +21,7 @@ from taskq.client import Client
 from taskq.client.watchdog import SENT
 from taskq.config import Settings, redact_url, validate_url
 from taskq.errors import BrokerError, ConfigError, TaskLostError
-from taskq.message import encode_ok
+from taskq.outcome import encode_ok
 
 
 @taskq.task(name="tests.inputs.add")

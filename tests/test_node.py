@@ -26,16 +26,11 @@ import taskq
 from taskq.broker import GROUP, Broker, QueueKeys
 from taskq.broker.claim import SyncClaim
 from taskq.config import Settings
-from taskq.message import (
-    Outcome,
-    TaskMessage,
-    decode_outcome,
-    decode_outcomes,
-    outcome_verifies,
-    sign,
-)
+from taskq.message import TaskMessage
 from taskq.node.node import Node
 from taskq.node.schedule import PERIODIC
+from taskq.outcome import Outcome, decode_outcome, decode_outcomes
+from taskq.signing import outcome_verifies, sign
 
 pytestmark = pytest.mark.timeout(30)
 

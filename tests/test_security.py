@@ -27,7 +27,9 @@ import taskq
 from taskq.broker import Broker
 from taskq.config import Settings
 from taskq.errors import ConfigError
-from taskq.message import TaskMessage, decode_outcome, encode_ok, outcome_verifies, sign_outcome
+from taskq.message import TaskMessage
+from taskq.outcome import decode_outcome, encode_ok
+from taskq.signing import outcome_verifies, sign_outcome
 
 TESTS = Path(__file__).parent
 SECRET = "security-tests-" + "x" * 32

@@ -30,7 +30,9 @@ from redis.connection import Connection
 from taskq.broker.connection import connection_pool
 from taskq.broker.keys import GROUP, QueueKeys, node_control
 from taskq.broker.queue import load_script
-from taskq.message import Routing, encode_error, routing_of, sign_outcome
+from taskq.message import Routing, routing_of
+from taskq.outcome import encode_error
+from taskq.signing import sign_outcome
 
 CONTROL_MAXLEN = 1000
 """Control streams are trimmed (approximately) to this: old messages have been read."""

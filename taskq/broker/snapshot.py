@@ -30,7 +30,8 @@ import redis
 
 from taskq.broker.keys import GROUP, NODES_KEY, QUEUES_KEY, QueueKeys, node_key
 from taskq.broker.nodes import NODE_MAX_AGE
-from taskq.message import DEAD_LETTER_ERROR, Entry
+from taskq.message import Entry
+from taskq.outcome import DEAD_LETTER_ERROR
 
 MAX_QUEUES = 200
 """Queues one snapshot covers (sorted by name); past it the snapshot says it is truncated."""

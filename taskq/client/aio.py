@@ -39,15 +39,9 @@ from taskq.client.calls import DEFAULT, CallOptions, TaskRef
 from taskq.client.replies import STOP
 from taskq.config import Settings
 from taskq.errors import BrokerError, ConfigError
-from taskq.message import (
-    SIGNED_TTL,
-    ChunkResult,
-    Outcome,
-    TaskMessage,
-    decode_outcome,
-    outcome_verifies,
-    stream_fields,
-)
+from taskq.message import TaskMessage, stream_fields
+from taskq.outcome import ChunkResult, Outcome, decode_outcome
+from taskq.signing import SIGNED_TTL, outcome_verifies
 
 if TYPE_CHECKING:
     from taskq.signed import Context

@@ -36,7 +36,9 @@ from taskq.client.sender import Sender
 from taskq.client.watchdog import Watchdog, mark_sent
 from taskq.config import Settings, redact_url
 from taskq.errors import BrokerError, TaskError
-from taskq.message import SIGNED_TTL, ChunkResult, Outcome, TaskMessage, decode_outcome
+from taskq.message import TaskMessage
+from taskq.outcome import ChunkResult, Outcome, decode_outcome
+from taskq.signing import SIGNED_TTL
 
 if TYPE_CHECKING:
     from taskq.signed import Context

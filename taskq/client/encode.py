@@ -15,7 +15,8 @@ import time
 from taskq.broker.queue import Signed
 from taskq.client import tracing
 from taskq.config import Settings
-from taskq.message import TaskMessage, sign
+from taskq.message import TaskMessage
+from taskq.signing import sign
 
 
 def envelope(msg: TaskMessage, settings: Settings, queue: str, ttl: float) -> Signed:

@@ -36,7 +36,8 @@ import redis
 from taskq.broker import REDIS_DOWN, Broker
 from taskq.broker.cluster import refresh, transient
 from taskq.broker.control import is_cancelled
-from taskq.message import decode_outcome, outcome_verifies
+from taskq.outcome import decode_outcome
+from taskq.signing import outcome_verifies
 
 log = logging.getLogger("taskq.client")
 

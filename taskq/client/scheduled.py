@@ -32,7 +32,8 @@ from taskq.broker.queue import Signed
 from taskq.broker.schedule import Scheduling
 from taskq.client.calls import CallOptions, TaskRef
 from taskq.client.watchdog import mark_sent
-from taskq.message import TaskMessage, sign
+from taskq.message import TaskMessage
+from taskq.signing import sign
 
 if TYPE_CHECKING:
     from taskq.client.client import Batch, Client

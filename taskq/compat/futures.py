@@ -28,7 +28,7 @@ from taskq.client.watchdog import SENT
 from taskq.compat.backend import Backend, ChunkSize
 from taskq.errors import TaskqError
 from taskq.local import lifetime
-from taskq.message import ChunkResult
+from taskq.outcome import ChunkResult
 
 
 class Executor(cf.Executor):

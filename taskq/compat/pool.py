@@ -25,7 +25,7 @@ from typing import Any
 from taskq.compat.backend import Backend, ChunkSize
 from taskq.compat.futures import cancel_remote
 from taskq.errors import TaskqError
-from taskq.message import ChunkResult
+from taskq.outcome import ChunkResult
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 Callback = Callable[[Any], object] | None

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from taskq.errors import TaskTimeoutError
-from taskq.message import ErrorTriple, describe_exception
+from taskq.outcome import ErrorTriple, describe_exception
 
 Runner = Callable[[Any], Any]
 

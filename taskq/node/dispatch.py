@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from taskq.message import describe_exception
 from taskq.node.child import INF, P
+from taskq.outcome import describe_exception
 
 _CHUNK_SECONDS = 0.002  # work a child should hold when jobs are short
 _MAX_DEPTH = 512

@@ -47,7 +47,6 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from taskq.errors import ConfigError, TaskqError
-from taskq.message import ErrorTriple, describe_exception
 from taskq.node.child import (
     ARM,
     EXIT,
@@ -63,6 +62,7 @@ from taskq.node.child import (
 )
 from taskq.node.dispatch import Dispatcher, Done, ErrorInfo, Job, Proc
 from taskq.node.exits import EXIT_REASONS, ProcInfo, Slots, how_died, rss_of
+from taskq.outcome import ErrorTriple, describe_exception
 
 __all__ = ["EXIT_REASONS", "Done", "ErrorInfo", "Job", "PoolInitError", "ProcInfo",
            "SupervisedPool", "rss_of"]

@@ -37,23 +37,11 @@ from taskq.errors import (
     UnknownTaskError,
     task_error,
 )
-from taskq.message import (
-    Entry,
-    ErrorTriple,
-    Report,
-    Routing,
-    TaskMessage,
-    dead_letter,
-    decode,
-    describe_exception,
-    encode_chunk,
-    encode_error,
-    encode_ok,
-    routing_of,
-    sign_outcome,
-)
+from taskq.message import Entry, Report, Routing, TaskMessage, dead_letter, decode, routing_of
 from taskq.node import context
 from taskq.node.child import arm_timeout
+from taskq.outcome import ErrorTriple, describe_exception, encode_chunk, encode_error, encode_ok
+from taskq.signing import sign_outcome
 
 _secret: bytes | None = None
 _require_signed = False

@@ -30,8 +30,9 @@ from taskq.broker import Broker
 from taskq.broker.queue import Signed
 from taskq.broker.schedule import ALREADY, NOT_HOLDER, Scheduling
 from taskq.config import Settings
-from taskq.message import SIGNED_TTL, TaskMessage, sign
+from taskq.message import TaskMessage
 from taskq.periodic import Schedule, schedules
+from taskq.signing import SIGNED_TTL, sign
 
 log = logging.getLogger("taskq.node")
 

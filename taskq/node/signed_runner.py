@@ -33,8 +33,8 @@ import orjson
 
 from taskq import registry
 from taskq.errors import SignatureError
-from taskq.message import describe_exception
 from taskq.node.child import arm_timeout
+from taskq.outcome import describe_exception
 from taskq.signed import CALL, MAX_FUNCTIONS, PROTOCOL, STARMAP, VERSION, dumps, result_signature
 
 MAX_NAMESPACES = 32

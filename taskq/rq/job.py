@@ -22,7 +22,7 @@ from taskq.broker import Broker
 from taskq.broker.rqcompat import RqJobs, origin
 from taskq.config import Settings
 from taskq.errors import TaskqError
-from taskq.message import decode_outcome
+from taskq.outcome import decode_outcome
 
 if TYPE_CHECKING:
     from taskq.rq.queue import Queue

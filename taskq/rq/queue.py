@@ -28,15 +28,10 @@ from taskq.client import calls
 from taskq.client.calls import CallOptions
 from taskq.config import Settings
 from taskq.errors import TaskqError
-from taskq.message import (
-    SIGNED_TTL,
-    TaskMessage,
-    describe_exception,
-    encode_error,
-    encode_ok,
-    sign,
-)
+from taskq.message import TaskMessage
+from taskq.outcome import describe_exception, encode_error, encode_ok
 from taskq.rq.job import DuplicateJobError, Job, JobStatus, validate_job_id
+from taskq.signing import SIGNED_TTL, sign
 
 EnqueueData = namedtuple(
     "EnqueueData",
