@@ -196,7 +196,7 @@ def test_enqueue_says_no_node_serves_the_queue_and_ctrl_c_says_how_to_fetch(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("taskq.cli.wait", interrupted)
+    monkeypatch.setattr("taskq.cli.run.wait", interrupted)
     code, _, err = run(capsys, "enqueue", "primes", "0", "10", "--url", redis_url)
     assert code == 130, err
     batch_id = re.search(r"batch (\w+) goes on: `taskq result (\w+)` later", err)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import taskq
-from taskq import cli
+from taskq.cli import run as cli
 from taskq.client.replies import Progress
 
 TESTS = Path(__file__).parent
