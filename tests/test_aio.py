@@ -171,3 +171,31 @@ def test_starlette_example_serves_results_from_a_node(
         assert done.json() == {"start": 0, "end": 40000, "primes": 4203}
         assert http.get("/primes", params={"start": "x"}).status_code == 400
         assert http.get("/sleep/0.1").json() == {"slept": 0.1}
+
+
+def test_replies_are_accepted_by_the_one_rule_of_the_thread_listener(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No node: lines pushed into the inbox by hand. A progress line is never an outcome
+    (dropped, not logged as malformed), a pickled reply to a client that sent nothing
+    pickled and a reply naming no task are skipped and logged, the genuine one resolves."""
+    async def main() -> tuple[Any, str]:
+        async with taskq.AsyncClient(redis_url) as client:
+            fut = await client.submit("aio.square", 7)
+            (task_id,) = client._futures  # the one task waited for
+            lines = [b'{"progress":{"id":"%s","done":1,"total":2,"at":1.0}}' % task_id.encode(),
+                     b'{"id":"%s","ok":true,"x":"AAAA"}' % task_id.encode(),
+                     b'{"ok":true,"v":1}',
+                     b'{"id":"%s","ok":true,"v":49}' % task_id.encode()]
+            conn = redis_lib.Redis.from_url(redis_url)
+            conn.rpush(QueueKeys("default").inbox(client.client_id), *lines)
+            conn.close()
+            return await fut, task_id
+
+    with caplog.at_level("WARNING", logger="taskq.client"):
+        value, task_id = run(main())
+    assert value == 49
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # nothing about the progress line
+    assert f"pickled reply for task {task_id}" in warnings[0]
+    assert "no task id" in warnings[1]

@@ -1,9 +1,10 @@
 """``taskq.AsyncClient``: the producer for asyncio programs, on ``redis.asyncio``.
 
-The same envelope, signing and routing as :class:`~taskq.client.client.Client`: a call is
-routed and built by :mod:`taskq.client.calls`, encoded and signed by
-:mod:`taskq.client.encode` (with the caller's trace context), and its reply verified and
-decoded by the same functions of :mod:`taskq.message` and :mod:`taskq.signed`. Only
+The same settings, envelope, signing and routing as :class:`~taskq.client.client.Client`:
+both are a :class:`~taskq.client.producer.Producer` (settings, client id, a call built by
+``message`` as :mod:`taskq.client.calls` routes it), encode and sign with
+:mod:`taskq.client.encode` (with the caller's trace context), and accept a reply by the
+one rule of :mod:`taskq.client.replies` (:func:`~taskq.client.replies.open_reply`). Only
 the I/O differs, and it all runs on the event loop, no threads:
 
 - writes are group-committed: the calls made while one pipeline is in flight go
@@ -21,63 +22,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import os
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import orjson
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from taskq.broker import GROUP, QUEUES_KEY, REDIS_DOWN, QueueKeys, Signed, unreachable
-from taskq.client import calls, encode
+from taskq.client import encode
 from taskq.client.calls import DEFAULT, CallOptions, TaskRef
-from taskq.client.replies import STOP
-from taskq.config import Settings
+from taskq.client.producer import FIRE_AND_FORGET, Producer, map_chunks
+from taskq.client.replies import STOP, each_reply, open_reply, reply_id
 from taskq.errors import BrokerError, ConfigError
 from taskq.message import TaskMessage, stream_fields
 from taskq.outcome import ChunkResult, Outcome, decode_outcome
-from taskq.signing import SIGNED_TTL, outcome_verifies
-
-if TYPE_CHECKING:
-    from taskq.signed import Context
 
 log = logging.getLogger("taskq.client")
 
-_FIRE_AND_FORGET = CallOptions(reply=False, keep_result=False)
 
-
-class AsyncClient:
+class AsyncClient(Producer):
     """A producer for one queue, for one event loop: ``async with AsyncClient(url) as c``."""
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        queue: str | None = None,
-        result_ttl: float | None = None,
-        secret: bytes | str | None = None,
-        settings: Settings | None = None,
-    ) -> None:
-        if isinstance(secret, str):
-            secret = secret.encode()
-        self.settings = settings or Settings.from_env(
-            url=url, queues=(queue,) if queue else None, result_ttl=result_ttl, secret=secret
-        )
-        self.url = self.settings.url
-        self.queue = self.settings.queues[0]
+    def _setup(self) -> None:
+        """``AsyncClient(url=None, *, queue=None, result_ttl=None, secret=None,
+        settings=None)`` (see :class:`Producer`) adds its connection, its future table,
+        its pending writes and the tasks that write and listen."""
         self.keys = QueueKeys(self.queue)
         self.redis = _connect(self.url, socket_connect_timeout=5.0, socket_timeout=30.0)
-        self.client_id = os.urandom(8).hex()
-        self.message_ttl = SIGNED_TTL
-        """Seconds a signed envelope stays runnable (``exp``): a node dead-letters it later."""
-        self._ids = itertools.count()
         self._futures: dict[str, asyncio.Future[Any]] = {}
-        self._context: Context | None = None  # made on the first call that travels pickled
         self._group_ready = False
         self._first_use_lock = asyncio.Lock()
         self._pending: list[Signed] = []  # encoded, waiting for the next pipeline
@@ -86,26 +61,7 @@ class AsyncClient:
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
 
-    # -- building and encoding (shared with Client) ----------------------------------
-
-    def message(
-        self, fn: TaskRef, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
-        chunk: bool = False, star: bool = True, options: CallOptions = DEFAULT,
-    ) -> TaskMessage:
-        """The message for ``fn(*args, **kwargs)`` (a map chunk with ``chunk``), routed as
-        :func:`taskq.client.calls.route` decides, exactly as ``Client.message``."""
-        pickled, spec = calls.route(fn, args, kwargs, chunk, star, self.settings.secret is not None)
-        msg_id = options.task_id or f"{self.client_id}-{next(self._ids)}"
-        reply_to = self.client_id if options.reply else None
-        if not pickled:
-            return calls.by_name(spec, fn, args, kwargs, msg_id, reply_to, options, chunk, star)
-        assert not isinstance(fn, str)
-        if self._context is None:
-            from taskq import signed
-
-            self._context = signed.Context(self.client_id)
-        return calls.pickled(spec, fn, args, kwargs, msg_id, reply_to, options, chunk, star,
-                             self._context)
+    # -- encoding (messages are built by Producer.message, as Client's) --------------
 
     async def _envelopes(self, messages: Sequence[TaskMessage]) -> list[Signed]:
         """The stream bytes of ``messages`` (a bad call raises here, alone), once the
@@ -152,7 +108,7 @@ class AsyncClient:
     async def send(self, fn: TaskRef, /, *args: Any, **kwargs: Any) -> str:
         """Fire-and-forget: no result is stored, its completion is still counted. The
         task id, once it is queued."""
-        msg = self.message(fn, args, kwargs, options=_FIRE_AND_FORGET)
+        msg = self.message(fn, args, kwargs, options=FIRE_AND_FORGET)
         await self._write(await self._envelopes([msg]))
         return msg.id
 
@@ -160,10 +116,7 @@ class AsyncClient:
                   chunksize: int = 1) -> AsyncIterator[Any]:
         """``async for value in client.map(fn, xs)``: every call is sent when iteration
         starts (one pipeline), values come back in order; the first failed call raises."""
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"chunksize must be a whole number >= 1, got {chunksize!r}")
-        items = list(zip(*iterables))  # noqa: B905 - stops at the shortest, like map()
-        chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        chunks = map_chunks(iterables, chunksize)
         futures = await self._submit([self.message(fn, c, chunk=True) for c in chunks])
         for fut in futures:
             result: ChunkResult = await fut
@@ -300,55 +253,27 @@ class AsyncClient:
                     self._resolve(raw)
 
     def _resolve(self, blob: bytes) -> None:
-        """Resolve the futures of one inbox element (a JSON array of outcomes); anything
-        malformed or not signed for its task (when this client signs) is logged, skipped."""
-        try:
-            objs = orjson.loads(blob)
-        except orjson.JSONDecodeError:
-            log.warning("ignoring a reply that is not JSON: %r", blob[:200])
-            return
-        for obj in objs if isinstance(objs, list) else [objs]:
-            try:
-                self._resolve_one(obj)
-            except BaseException as exc:  # whatever a payload does, the listener lives on
-                log.warning("ignoring a reply that could not be handled (%s)", type(exc).__name__)
+        """Resolve the futures of one inbox element, by the rule of
+        :func:`taskq.client.replies.each_reply` (progress lines are dropped)."""
+        each_reply(blob, self._resolve_one)
 
     def _resolve_one(self, obj: Any) -> None:
-        task_id = obj.get("id") if isinstance(obj, dict) else None
-        if not isinstance(task_id, str):
-            log.warning("ignoring a malformed reply (no task id): %r", str(obj)[:200])
+        task_id = reply_id(obj)
+        if task_id is None:
             return
         fut = self._futures.get(task_id)
         if fut is None or fut.done():
             self._futures.pop(task_id, None)
             return  # a duplicate outcome, or cancelled by its caller
-        secret = self.settings.secret
-        if secret is None and "x" in obj:
-            log.warning("ignoring a pickled reply for task %s: this client sent nothing pickled",
-                        task_id)
+        opened = open_reply(obj, task_id, self.settings.secret)
+        if opened is None:
             return
-        if secret is not None and not outcome_verifies(secret, task_id, obj):
-            log.warning("ignoring a reply for task %s that is not signed for it: a forgery, "
-                        "or a node without this TASKQ_SECRET", task_id)
-            return
-        try:
-            ok, value = self._decode(obj)
-        except Exception as exc:
-            log.warning("ignoring a malformed reply for task %s: %s", task_id, exc)
-            return
+        ok, value = opened
         del self._futures[task_id]
         if ok:
             fut.set_result(value)
         else:
             fut.set_exception(value)
-
-    def _decode(self, obj: dict[str, Any]) -> tuple[bool, Any]:
-        if "x" in obj:  # a pickled result: verified before it is unpickled
-            from taskq import signed
-
-            return signed.load_outcome(obj, self.settings.secret)
-        outcome = decode_outcome(obj)
-        return (True, outcome.value) if outcome.ok else (False, outcome.exception())
 
 
 def _connect(url: str, **kwargs: Any) -> aioredis.Redis:

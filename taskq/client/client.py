@@ -1,5 +1,6 @@
 """The producer core: :class:`Client` (submit tasks, get ``concurrent.futures.Future``
-results back) and :class:`Batch`.
+results back; its settings and message building are :class:`~taskq.client.producer.Producer`'s,
+the :class:`~taskq.client.batch.Batch` it returns lives in :mod:`taskq.client.batch`).
 
 How a call travels (by name or pickled) and what its options mean is decided in
 :mod:`taskq.client.calls`; results arrive by push (see :mod:`taskq.client.replies`), a
@@ -15,11 +16,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import redis
@@ -27,21 +27,19 @@ import redis
 from taskq.broker import REDIS_DOWN, Broker, connect, unreachable
 from taskq.broker.control import read_progress
 from taskq.broker.queue import Signed
-from taskq.client import calls, scheduled
 from taskq.client import cancel as cancels
+from taskq.client import scheduled
+from taskq.client.batch import Batch, BatchStatus
 from taskq.client.calls import DEFAULT, CallOptions, TaskRef
 from taskq.client.encode import envelope
+from taskq.client.producer import FIRE_AND_FORGET, Producer, check_positive, map_chunks
 from taskq.client.replies import OnProgress, Progress, Replies
 from taskq.client.sender import Sender
 from taskq.client.watchdog import Watchdog, mark_sent
-from taskq.config import Settings, redact_url
+from taskq.config import redact_url
 from taskq.errors import BrokerError, TaskError
 from taskq.message import TaskMessage
 from taskq.outcome import ChunkResult, Outcome, decode_outcome
-from taskq.signing import SIGNED_TTL
-
-if TYPE_CHECKING:
-    from taskq.signed import Context
 
 log = logging.getLogger("taskq.client")
 
@@ -49,74 +47,14 @@ Envelope = tuple[str, "Future[Any] | None", bytes, "bytes | None"]
 """What the sender writes: task id, its Future (None: fire-and-forget), body, signature."""
 
 
-@dataclass(frozen=True)
-class BatchStatus:
-    total: int
-    done: int
-    failed: int
-    cancelled: int = 0
-
-    @property
-    def finished(self) -> int:
-        return self.done + self.failed + self.cancelled
-
-    @property
-    def complete(self) -> bool:
-        return self.finished >= self.total
-
-
-class Batch:
-    """Many tasks counted together; ``wait()`` blocks until every one has finished."""
-
-    def __init__(self, client: Client, batch_id: str, total: int) -> None:
-        self.client, self.id, self.total = client, batch_id, total
-
-    def status(self) -> BatchStatus:
-        raw = self.client.broker.batch_status(self.id)
-        total = int(raw.get("total", self.total))
-        return BatchStatus(total, int(raw.get("done", 0)), int(raw.get("failed", 0)),
-                           int(raw.get("cancelled", 0)))
-
-    def wait(
-        self, timeout: float | None = None, progress: Callable[[BatchStatus], None] | None = None
-    ) -> BatchStatus:
-        """Block until the batch is complete; ``progress`` is called as counts move."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.status()
-            if progress is not None:
-                progress(status)
-            if status.complete:
-                return status
-            left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-            if left <= 0:
-                raise TimeoutError(f"batch {self.id}: {status.finished}/{status.total} finished")
-            self.client.broker.wait_batch_event(self.id, left)
-
-
-class Client:
+class Client(Producer):
     """A producer for one queue. Thread-safe; cheap to keep for the life of a program."""
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        queue: str | None = None,
-        result_ttl: float | None = None,
-        secret: bytes | str | None = None,
-        settings: Settings | None = None,
-    ) -> None:
-        if isinstance(secret, str):
-            secret = secret.encode()
-        self.settings = settings or Settings.from_env(
-            url=url, queues=(queue,) if queue else None, result_ttl=result_ttl, secret=secret
-        )
-        self.url = self.settings.url
-        self.queue = self.settings.queues[0]
+    # Client(url=None, *, queue=None, result_ttl=None, secret=None, settings=None): see
+    # Producer; this is what a Client adds to it.
+    def _setup(self) -> None:
         self.redis = connect(self.url, socket_connect_timeout=5.0, socket_timeout=30.0)
         self.broker = Broker(self.redis, self.queue, wait_replicas=self.settings.wait_replicas)
-        self.client_id = os.urandom(8).hex()
-        self._ids = itertools.count()
         self._replies = Replies(
             self.broker, self.client_id,
             # No hidden client-side retries: the listener must see every lost connection.
@@ -130,39 +68,8 @@ class Client:
         self._watchdog = Watchdog(self.broker, self.settings.lease,
                                   self._replies.waiting_futures, self._replies.resolve,
                                   self._replies.forget)
-        self._context: Context | None = None  # made on the first call that travels pickled
-        self.message_ttl = SIGNED_TTL
-        """Seconds a signed envelope stays runnable (``exp``): a node dead-letters it later."""
 
-    # -- building and sending messages ------------------------------------------------
-
-    def message(
-        self, fn: TaskRef, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
-        chunk: bool = False, star: bool = True, context: Context | None = None,
-        options: CallOptions = DEFAULT,
-    ) -> TaskMessage:
-        """The message for ``fn(*args, **kwargs)`` (or, with ``chunk``, for one call per
-        item of ``args``: argument tuples if ``star``, else single arguments), travelling
-        as :func:`taskq.client.calls.route` decides; ``context`` is the pickling context
-        (namespace, initializer) if it travels pickled, else this client's own. Send it
-        with :meth:`submit_message`. Raises SignatureError if it must travel pickled and
-        there is no secret, TypeError for arguments a registered task cannot take."""
-        # Positional calls: this is the submit hot path.
-        pickled, spec = calls.route(fn, args, kwargs, chunk, star, self.settings.secret is not None)
-        msg_id = options.task_id or f"{self.client_id}-{next(self._ids)}"
-        reply_to = self.client_id if options.reply else None
-        if not pickled:
-            return calls.by_name(spec, fn, args, kwargs, msg_id, reply_to, options, chunk, star)
-        assert not isinstance(fn, str)
-        return calls.pickled(spec, fn, args, kwargs, msg_id, reply_to, options, chunk, star,
-                             context if context is not None else self._pickling_context())
-
-    def _pickling_context(self) -> Context:
-        if self._context is None:
-            from taskq import signed
-
-            self._context = signed.Context(self.client_id)
-        return self._context
+    # -- sending messages (built by Producer.message) ---------------------------------
 
     def batch_results(self, batch_id: str, total: int) -> list[Outcome | None]:
         """The stored outcomes of a batch's tasks (``<batch>.<i>``), None where expired."""
@@ -302,7 +209,7 @@ class Client:
 
     def send(self, fn: TaskRef, /, *args: Any, **kwargs: Any) -> str:
         """Fire-and-forget: no result is stored, its completion is still counted."""
-        msg = self.message(fn, args, kwargs, options=_FIRE_AND_FORGET)
+        msg = self.message(fn, args, kwargs, options=FIRE_AND_FORGET)
         self._sender.put((msg.id, None, *self._envelope(msg)))
         return msg.id
 
@@ -325,10 +232,7 @@ class Client:
         """Like ``Executor.map``: every call is sent now, results come back in order.
         ``timeout`` bounds the wait for them (seconds from this call), not the tasks: a
         task's own time limit is :meth:`apply`'s ``time_limit`` or its ``@task(timeout=)``."""
-        _check_positive("chunksize", chunksize)
-        items = list(zip(*iterables))  # noqa: B905 - stops at the shortest, like map()
-        chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
-        messages = [self.message(fn, c, chunk=True) for c in chunks]
+        messages = [self.message(fn, c, chunk=True) for c in map_chunks(iterables, chunksize)]
         futures = self._submit_messages(messages)
         deadline = None if timeout is None else time.monotonic() + timeout
         return _chunk_results(futures, deadline)
@@ -340,8 +244,8 @@ class Client:
         """Lazy, ordered map over a possibly huge iterable with at most ``window``
         chunks in flight: the input is never all in memory or in Redis. A bad
         ``chunksize`` or ``window`` raises ValueError here, not at the first ``next()``."""
-        _check_positive("chunksize", chunksize)
-        _check_positive("window", window)
+        check_positive("chunksize", chunksize)
+        check_positive("window", window)
         return self._imap(fn, iter(iterable), chunksize, window, star)
 
     def _imap(self, fn: TaskRef, items: Iterator[Any], chunksize: int, window: int,
@@ -410,15 +314,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_FIRE_AND_FORGET = CallOptions(reply=False, keep_result=False)
-
-
-def _check_positive(name: str, value: Any) -> None:
-    """As the stdlib's map: a chunk size (or window) below 1 is an error, never 0 calls."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 def _chunk_results(futures: Sequence[Future[Any]], deadline: float | None) -> Iterator[Any]:

@@ -12,7 +12,9 @@ Trust: a client with a secret signs every task it sends (:meth:`Client._write`),
 takes for each of its futures only a reply signed for that task id (``os``, or ``xs`` for
 a pickled result); anything else, and any malformed reply, is logged and skipped, and
 the future keeps waiting for the genuine one. Nothing a payload does while its result is
-loaded (``SystemExit`` included) stops the listener.
+loaded (``SystemExit`` included) stops the listener. That rule is written once, in
+:func:`each_reply`, :func:`reply_id` and :func:`open_reply`, which the asyncio client's
+listener (:mod:`taskq.client.aio`) uses too.
 
 A cancelled outcome (:func:`taskq.broker.control.is_cancelled`) cancels the future, so
 it raises ``concurrent.futures.CancelledError``. A ``{"progress": {...}}`` line in the
@@ -179,48 +181,23 @@ class Replies:
     # -- resolving ----------------------------------------------------------------------
 
     def resolve(self, blob: bytes) -> None:
-        """Resolve the futures of one inbox element (a JSON array of outcomes). A reply
-        that is malformed, or not signed for its task when this client signs, is logged
-        and skipped: it never costs (or resolves) a future."""
-        try:
-            objs = orjson.loads(blob)
-        except orjson.JSONDecodeError:
-            log.warning("ignoring a reply that is not JSON: %r", blob[:200])
-            return
-        if isinstance(objs, dict) and "progress" in objs:
-            self._progress(objs["progress"])
-            return
-        for obj in [objs] if isinstance(objs, dict) else objs if isinstance(objs, list) else [objs]:
-            try:
-                self._resolve_one(obj)
-            except BaseException as exc:  # whatever a payload does, the listener lives on
-                log.warning("ignoring a reply that could not be handled (%s): %r",
-                            type(exc).__name__, orjson.dumps(obj)[:200] if isinstance(obj, dict) else obj)
+        """Resolve the futures of one inbox element (see :func:`each_reply`); a progress
+        line goes to its task's callback."""
+        each_reply(blob, self._resolve_one, self._progress)
 
     def _resolve_one(self, obj: Any) -> None:
-        task_id = obj.get("id") if isinstance(obj, dict) else None
-        if not isinstance(task_id, str):
-            log.warning("ignoring a malformed reply (no task id): %r", str(obj)[:200])
+        task_id = reply_id(obj)
+        if task_id is None:
             return
         with self._lock:
             fut = self._futures.get(task_id)
         if fut is None or fut.done():
             self.forget(task_id)
             return  # a duplicate outcome, or cancelled meanwhile
-        secret = self._secret()
-        if secret is None and "x" in obj:
-            log.warning("ignoring a pickled reply for task %s: this client sent nothing pickled",
-                        task_id)
+        opened = open_reply(obj, task_id, self._secret())
+        if opened is None:
             return
-        if secret is not None and not outcome_verifies(secret, task_id, obj):
-            log.warning("ignoring a reply for task %s that is not signed for it: a forgery, "
-                        "or a node without this TASKQ_SECRET", task_id)
-            return
-        try:
-            ok, value = self._decode(obj)
-        except Exception as exc:  # a reply naming our task but of a bad shape
-            log.warning("ignoring a malformed reply for task %s: %s", task_id, exc)
-            return
+        ok, value = opened
         if self.forget(task_id) is not fut:
             return  # resolved by another reply meanwhile
         with contextlib.suppress(InvalidStateError):  # cancelled between check and set
@@ -244,12 +221,63 @@ class Replies:
         except Exception as exc:  # the user's callback, or a bad line: the listener lives on
             log.warning("progress callback for task %s failed: %s", task_id, exc)
 
-    def _decode(self, obj: dict[str, Any]) -> tuple[bool, Any]:
-        """One outcome → (ok, value or exception); a chunk's value is its ChunkResult,
-        whether it came back as JSON or pickled."""
+
+# -- the one reading of a reply, for both listeners (this thread and AsyncClient's) -------
+
+
+def each_reply(blob: bytes, resolve_one: Callable[[Any], None],
+               progress: Callable[[Any], None] | None = None) -> None:
+    """Hand each outcome of one inbox element (a JSON array of outcomes, or one) to
+    ``resolve_one``; a progress line ``{"progress": {...}}`` goes to ``progress`` (it is
+    never an outcome; dropped without one). Whatever ``resolve_one`` raises (a payload's
+    ``SystemExit`` too) is logged and skipped: the listener lives on."""
+    try:
+        objs = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        log.warning("ignoring a reply that is not JSON: %r", blob[:200])
+        return
+    if isinstance(objs, dict) and "progress" in objs:
+        if progress is not None:
+            progress(objs["progress"])
+        return
+    for obj in objs if isinstance(objs, list) else [objs]:
+        try:
+            resolve_one(obj)
+        except BaseException as exc:  # whatever a payload does, the listener lives on
+            log.warning("ignoring a reply that could not be handled (%s): %r",
+                        type(exc).__name__, orjson.dumps(obj)[:200] if isinstance(obj, dict) else obj)
+
+
+def reply_id(obj: Any) -> str | None:
+    """The task id a reply names; None (logged) for a reply that names none."""
+    task_id = obj.get("id") if isinstance(obj, dict) else None
+    if not isinstance(task_id, str):
+        log.warning("ignoring a malformed reply (no task id): %r", str(obj)[:200])
+        return None
+    return task_id
+
+
+def open_reply(obj: dict[str, Any], task_id: str, secret: bytes | None) -> tuple[bool, Any] | None:
+    """The one rule for accepting a reply for ``task_id``, a task this client waits for:
+    with a ``secret`` it must be signed for that task (``os``, or ``xs`` for a pickled
+    result), without one it must not be pickled (this client sent nothing pickled). Then
+    (ok, value or exception), a chunk's value being its ChunkResult however it travelled.
+    None (logged) for a reply to skip: the future keeps waiting for the genuine one."""
+    if secret is None and "x" in obj:
+        log.warning("ignoring a pickled reply for task %s: this client sent nothing pickled",
+                    task_id)
+        return None
+    if secret is not None and not outcome_verifies(secret, task_id, obj):
+        log.warning("ignoring a reply for task %s that is not signed for it: a forgery, "
+                    "or a node without this TASKQ_SECRET", task_id)
+        return None
+    try:
         if "x" in obj:  # a pickled result: verified before it is unpickled
             from taskq import signed
 
-            return signed.load_outcome(obj, self._secret())
+            return signed.load_outcome(obj, secret)
         outcome = decode_outcome(obj)
         return (True, outcome.value) if outcome.ok else (False, outcome.exception())
+    except Exception as exc:  # a reply naming our task but of a bad shape
+        log.warning("ignoring a malformed reply for task %s: %s", task_id, exc)
+        return None

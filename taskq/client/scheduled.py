@@ -30,13 +30,14 @@ from taskq.broker import REDIS_DOWN, unreachable
 from taskq.broker.keys import dedup_task_id
 from taskq.broker.queue import Signed
 from taskq.broker.schedule import Scheduling
+from taskq.client.batch import Batch
 from taskq.client.calls import CallOptions, TaskRef
 from taskq.client.watchdog import mark_sent
 from taskq.message import TaskMessage
 from taskq.signing import sign
 
 if TYPE_CHECKING:
-    from taskq.client.client import Batch, Client
+    from taskq.client.client import Client
 
 
 def scheduling(client: Client) -> Scheduling:
@@ -122,8 +123,6 @@ def submit_many(client: Client, fn: TaskRef, arglists: Iterable[Sequence[Any]],
                 batch: bool, reduce: str | None, delay: float
                 ) -> tuple[list[Future[Any]], Batch | None]:
     """:meth:`Client.submit_many` of calls held for ``delay`` seconds (one script call)."""
-    from taskq.client.client import Batch  # a cycle at import time otherwise
-
     due = CallOptions(delay=delay).due(time.time())
     due_ms = int((due or time.time()) * 1000)
     batch_id = os.urandom(6).hex() if batch else None
