@@ -26,16 +26,18 @@ start (:func:`remove_stale_dirs`).
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ctypes
 import enum
 import glob
 import os
 import shutil
-import signal
 import sys
 import threading
 from collections.abc import Callable
+
+from taskq.procs import die_with_parent
+
+__all__ = ["Phase", "at_exit", "cancel", "die_with_parent", "owned_prefix", "pending",
+           "remove_stale_dirs", "run_all"]
 
 Callback = Callable[[], object]
 
@@ -85,18 +87,10 @@ def run_all() -> None:
 
 atexit.register(run_all)
 
-_libc: ctypes.CDLL | None = None
-if sys.platform.startswith("linux"):
-    with contextlib.suppress(OSError):
-        _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def die_with_parent() -> None:  # a Popen preexec_fn: runs in the child before exec, no locks
-    """The kernel sends this child SIGTERM when its parent dies, SIGKILL included. (It
-    follows the thread that forked: local mode starts its children from the thread
-    that makes the first Executor/Pool, and they stop with it at exit anyway.)"""
-    if _libc is not None:
-        _libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+# die_with_parent (imported above) is what every Popen here passes as preexec_fn: the
+# kernel sends the child SIGTERM when this parent dies. It follows the thread that
+# forked: local mode starts its children from the thread that makes the first
+# Executor/Pool, and they stop with it at exit anyway.
 
 
 def owned_prefix(kind: str) -> str:

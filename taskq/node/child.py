@@ -18,7 +18,6 @@ recycle yet).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pickle
 import signal
@@ -32,6 +31,7 @@ from typing import Any
 
 from taskq.errors import TaskTimeoutError
 from taskq.outcome import ErrorTriple, describe_exception
+from taskq.procs import detach_forked_child
 
 Runner = Callable[[Any], Any]
 
@@ -135,16 +135,8 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 
 
 def _setup_signals(parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, _on_alarm)
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)  # the parent's event-loop pipe is not ours
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # die with the parent, even on SIGKILL
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:
-        os._exit(1)
+    detach_forked_child(parent_pid)
 
 
 def _rss_reader() -> Callable[[], int]:

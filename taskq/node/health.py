@@ -19,19 +19,18 @@ The socket is bound in the parent, so a port in use is a one-line error at start
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.server
 import logging
 import multiprocessing
 import os
-import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from taskq.procs import detach_forked_child
 
 log = logging.getLogger("taskq.node")
 
@@ -118,15 +117,7 @@ def _scrape(server: _Server) -> bytes | None:
 
 def _serve(server: _Server, parent_pid: int, parent_end: Any) -> None:
     parent_end.close()  # the parent's end of the scrape pipe is not ours
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)  # the parent's event-loop pipe is not ours
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # die with the parent, even on SIGKILL
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:
-        os._exit(1)
+    detach_forked_child(parent_pid)
     server.serve_forever(poll_interval=0.5)
 
 
