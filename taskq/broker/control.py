@@ -25,8 +25,8 @@ from typing import Any, cast
 
 import orjson
 import redis
-from redis.connection import Connection
 
+from taskq.broker.blocking import BlockingRead
 from taskq.broker.connection import connection_pool
 from taskq.broker.keys import GROUP, QueueKeys, node_control
 from taskq.broker.queue import load_script
@@ -81,56 +81,34 @@ class ControlReader:
 
     def __init__(self, url: str, node_id: str, *, block: float = 2.0,
                  socket_timeout: float = 10.0) -> None:
-        self._pool = connection_pool(url, key=node_control(node_id), socket_timeout=socket_timeout,
-                                     socket_connect_timeout=5.0)
         self._key = node_control(node_id)
+        self._read = BlockingRead(connection_pool(url, key=self._key,
+                                                  socket_timeout=socket_timeout,
+                                                  socket_connect_timeout=5.0))
         self._block_ms = int(block * 1000)
         self._last = b"0-0"  # the stream is new with the node (its id is unique)
-        self._conn: Connection | None = None
 
     def waitable(self) -> socket.socket | None:
-        return None if self._conn is None else self._conn._sock
+        return self._read.waitable()
 
     def poll(self) -> list[dict[str, str]]:
         """Messages that arrived (reads only if the answer is in), then a read is kept
         outstanding again. Raises on a lost connection (the loop's outage handling)."""
         out: list[dict[str, str]] = []
-        conn = self._conn
-        if conn is not None:
-            try:
-                if not conn.can_read(timeout=0):
-                    return out
-                reply = conn.read_response()
-            except BaseException:
-                self.drop()
-                raise
-            self._conn = None
-            self._pool.release(conn)
-            out, last = _messages(reply)
+        if self._read.outstanding:
+            if not self._read.ready():
+                return out
+            out, last = _messages(self._read.read())
             if last is not None:
                 self._last = last
-        self._send()
+        self._read.send("XREAD", "BLOCK", self._block_ms, "STREAMS", self._key, self._last)
         return out
 
-    def _send(self) -> None:
-        conn = self._pool.get_connection()
-        self._conn = conn
-        try:
-            conn.send_command("XREAD", "BLOCK", self._block_ms, "STREAMS",  # type: ignore[no-untyped-call]
-                              self._key, self._last)
-        except BaseException:
-            self.drop()
-            raise
-
     def drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.disconnect()  # type: ignore[no-untyped-call]
-            self._pool.release(conn)
+        self._read.drop()
 
     def close(self) -> None:
-        self.drop()
-        self._pool.disconnect()
+        self._read.close()
 
 
 class SyncControlReader:
