@@ -257,7 +257,7 @@ LOCAL_PROGRAM = '''
 import os, sys, time
 import psutil, redis
 import taskq
-from taskq.compat import shared
+from taskq.compat import leases
 from taskq.local import lifetime
 
 def slow_write(directory, i):
@@ -271,7 +271,7 @@ def check_written_back(counter):
     print("at exit:", raw.decode(), flush=True)
 
 if __name__ == "__main__":
-    shared._IDLE_WRITE_BACK = 3600.0  # only the exit write-back may store the value
+    leases._IDLE_WRITE_BACK = 3600.0  # only the exit write-back may store the value
     counter = taskq.Value("i", 0)
     with counter.get_lock():
         for _ in range(42):
