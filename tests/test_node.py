@@ -250,6 +250,30 @@ def test_dead_letters_an_oversized_message(r: redis_lib.Redis,
     assert stored is not None and stored.error is not None and "200-byte limit" in stored.error[1]
 
 
+def test_long_tasks_after_short_ones_are_not_hoarded(
+        r: redis_lib.Redis, make_node: Callable[..., Node], gate: Gate) -> None:
+    node = make_node(procs=2, node_id="node-a")
+    for i in range(300):
+        enqueue(r, "tests.node.add", i, 1)
+    step_until(node, lambda: node.processed == 300 and node.unreported_count == 0, "the burst")
+    assert node.pool.idle_capacity > 20  # short tasks: the pool wants many in flight
+    long_ids = {enqueue(r, "tests.node.gated", *gate.args(i)) for i in range(60)}
+    node.step(0)
+    assert node.held_count > 20  # the claim took a burst's worth of long tasks...
+    step_until(node, lambda: gate.poll_started() == 2, "both processes to start one")
+    # ...but once they overrun, it keeps two running and one queued behind each.
+    step_until(node, lambda: node.held_count <= 4, "the surplus handed back", timeout=5.0)
+    for _ in range(5):  # and it does not take them again while its tasks still run
+        node.step(0.05)
+    assert node.held_count == len(pending(r)) == 4 and gate.poll_started() == 2
+    rows: Any = r.xreadgroup(GROUP, "node-b", {STREAM: ">"}, count=100)  # another node gets them
+    assert len(rows[0][1]) == 56
+    gate.open(4)
+    step_until(node, lambda: node.processed == 304 and node.unreported_count == 0, "its 4")
+    ran = {t for t in long_ids if result(r, t) is not None}
+    assert len(ran) == 4 and gate.poll_started() == 4
+
+
 def test_graceful_drain_hands_back_unstarted_and_finishes_running(
         r: redis_lib.Redis, make_node: Callable[..., Node], gate: Gate) -> None:
     node = make_node(node_id="node-a")

@@ -10,7 +10,12 @@ runs over those records:
 - an unread budget, well under the socket buffer, so a send to a busy process never
   blocks the parent;
 - stealing: jobs queued behind one that runs long go back to the queue for an idle
-  sibling (the child claims each job under its slot lock, so none runs twice).
+  sibling (the child claims each job under its slot lock, so none runs twice);
+- no hoarding: while a running job overruns, the pool wants one job per process (the
+  node claims accordingly), and unstarted jobs beyond :data:`_HOARD_SECONDS` of
+  expected work per process are taken back (:meth:`Dispatcher.surplus`) for the node to
+  hand back to the queue, so other nodes run them (after short jobs the depth is
+  hundreds, and a node would otherwise keep a whole burst of long ones).
 
 The pool (:mod:`taskq.node.pool`) owns the processes' lifecycle and calls in here.
 """
@@ -27,12 +32,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from taskq.node.child import INF, P
-from taskq.outcome import describe_exception
+from taskq.outcome import ErrorTriple, describe_exception
 
 _CHUNK_SECONDS = 0.002  # work a child should hold when jobs are short
 _MAX_DEPTH = 512
 _LONG_JOB = 0.005  # a child this long into one job gets nothing more piled behind it
 _UNREAD_BUDGET = 64 * 1024  # well under the socket buffer, so a send never blocks
+_HOARD_SECONDS = 0.25  # unstarted work a process may keep: beyond, other nodes should run it
+_OVERRUN = 0.05  # a job running this long is an overrun (not a scheduling hiccup)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,22 @@ class Proc:
 Send = Callable[[Proc, bytes], None]
 
 
+def _depth_for(duration: float) -> int:
+    """Jobs per process that cover ``_CHUNK_SECONDS`` at this duration (1 if longer)."""
+    if duration >= _CHUNK_SECONDS:
+        return 1
+    return max(2, min(_MAX_DEPTH, math.ceil(_CHUNK_SECONDS / max(duration, 1e-9))))
+
+
+def _overrun(procs: Sequence[Proc], now: float) -> float:
+    """How long the longest running job has run, if past ``_OVERRUN`` (else 0)."""
+    longest = 0.0
+    for p in procs:
+        if p.slot[0] >= 0:
+            longest = max(longest, now - p.slot[1])
+    return longest if longest > _OVERRUN else 0.0
+
+
 class Dispatcher:
     """The queue of jobs no process holds yet, and the policy that hands them out."""
 
@@ -129,8 +152,75 @@ class Dispatcher:
         mean = sum(durations) / n
         ema = self._ema = mean if self._ema is None else self._ema + (1 - 0.9**n) * (
             mean - self._ema)
-        self.depth = (1 if ema >= _CHUNK_SECONDS else
-                      max(2, min(_MAX_DEPTH, math.ceil(_CHUNK_SECONDS / max(ema, 1e-9)))))
+        self.depth = _depth_for(ema)
+
+    def results(self, p: Proc, seqs: list[int], durs: list[float],
+                errs: list[tuple[int, ErrorTriple]], blob: bytes) -> list[Done]:
+        """One ``RES`` message of ``p``: its jobs as Done (all failed if the values blob
+        does not unpickle); their durations feed the EMA."""
+        n = len(seqs)
+        p.done += n
+        try:
+            vals = pickle.loads(blob)
+        except Exception as exc:
+            vals = [None] * n
+            bad = describe_exception(exc)
+            errs = [(i, bad) for i in range(n)]
+        self.observe(durs)
+        held = p.held
+        if not errs:
+            return [Done(held.pop(seq).key, val, None, dur)
+                    for seq, val, dur in zip(seqs, vals, durs, strict=True)]
+        failed = dict(errs)
+        return [Done(held.pop(seq).key, vals[i],
+                     None if (e := failed.get(i)) is None else ErrorInfo(*e, "exception"),
+                     durs[i]) for i, seq in enumerate(seqs)]
+
+    # -- no hoarding
+
+    def capacity(self, procs: Sequence[Proc], now: float) -> int:
+        """Jobs the pool wants in flight: ``depth`` per process, one while a running
+        job overruns (before its duration is observed, the EMA does not know yet)."""
+        return self.size * (1 if _overrun(procs, now) else self.depth)
+
+    def keep(self, expected: float) -> int:
+        """Jobs worth keeping at an ``expected`` duration: at least what the node would
+        claim at it (capacity plus one each), at most ``_HOARD_SECONDS`` of work each."""
+        floor = self.size * (_depth_for(expected) + 1)
+        return max(floor, int(self.size * _HOARD_SECONDS / max(expected, 1e-9)))
+
+    def surplus(self, procs: Sequence[Proc], count: int, now: float) -> list[Job]:
+        """Unstarted jobs beyond :meth:`keep` of the ``count`` in flight, taken from the
+        tail of the queue and from behind running jobs; [] when not that many."""
+        expected = max(self._ema or 0.0, _overrun(procs, now))
+        if count <= self.keep(expected):
+            return []
+        excess = count - self.keep(2 * expected)  # once per doubling of an overrun
+        q = self.queue
+        for p in procs:
+            if len(q) >= excess:
+                break
+            if p.stealable():
+                self._steal(p)
+        return [q.pop() for _ in range(min(excess, len(q)))][::-1]
+
+    def wake_at(self, procs: Sequence[Proc], count: int) -> float:
+        """When the parent must look at the pool next though nothing arrives: a hard
+        time limit, a job that starts to count as stuck while a sibling idles, or (with
+        ``count`` in flight) when :meth:`surplus` would find some."""
+        deadline = steal_at = start = INF
+        for p in procs:
+            deadline = min(deadline, p.deadline())
+            steal_at = min(steal_at, p.steal_at())
+            if p.slot[0] >= 0:
+                start = min(start, float(p.slot[1]))
+        if steal_at < INF and self.has_idle(procs):
+            deadline = min(deadline, steal_at)
+        if count > 2 * self.size and start < INF:
+            trim_at = start + max(_OVERRUN, self.size * _HOARD_SECONDS / count)
+            if trim_at > time.monotonic():  # else the pool's trim just ran: no busy loop
+                deadline = min(deadline, trim_at)
+        return deadline
 
     def has_idle(self, procs: Sequence[Proc]) -> bool:
         return not self.queue and any(

@@ -1,4 +1,5 @@
-"""Pool processes' history, parent side: each slot's exits by reason, restarts, tasks done.
+"""Pool processes' history, parent side: each slot's exits by reason, restarts, tasks done,
+and the error a dead process's running job gets (:func:`death_error`).
 
 A pool process lives in a slot (0 … procs-1); its replacement takes the same slot. Every
 exit is counted by reason (:data:`EXIT_REASONS`) and logged in one line, where the pool
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from taskq.node.dispatch import Job, Proc
+from taskq.node.dispatch import ErrorInfo, Job, Proc
 
 log = logging.getLogger("taskq.node.pool")
 
@@ -147,3 +148,20 @@ def describe(payload: Any) -> tuple[str | None, str | None]:
     name, task_id = env.get("t"), env.get("id")
     return (str(name)[:200] if name is not None else None,
             str(task_id)[:200] if task_id is not None else None)
+
+
+def cancelled_error(elapsed: float) -> ErrorInfo:
+    return ErrorInfo("CancelledError", f"cancelled after {elapsed:.3g} s", "", "cancelled")
+
+
+def death_error(p: Proc, elapsed: float, *, timed_out: bool, cancelled: bool,
+                grace: float) -> ErrorInfo:
+    """The error of the job ``p`` was running when it died (or was killed)."""
+    if cancelled:
+        return cancelled_error(elapsed)
+    if timed_out:
+        return ErrorInfo("TaskTimeoutError",
+                         f"pool process {p.pid} was killed after {elapsed:.3g} s: the task "
+                         f"overran its time limit plus {grace:g} s grace", "", "timeout")
+    return ErrorInfo("WorkerLostError",
+                     f"{how_died(p.pid, p.proc.exitcode)} while running the task", "", "lost")

@@ -113,6 +113,7 @@ class Node:
             max_tasks_per_child=settings.max_tasks_per_child,
             max_memory_per_child=settings.max_memory_per_child,
             hard_timeout_grace=settings.hard_timeout_grace,
+            give_back_surplus=True,  # it hands back what the pool would only hoard
         )
         self.schedule = Schedule()
         self.scheduler = scheduler.for_node(self.client, self.node_id, settings)  # periodic
@@ -276,6 +277,8 @@ class Node:
             os.read(self._wake_r, 512)
         if done:
             self._finish(done)
+        if surplus := self.pool.take_surplus():  # unstarted behind overruns: others may run them
+            self._guarded(self._holdings.hand_back, [job.key for job in surplus])
         if not self._backoff.waiting(time.monotonic()):
             self._guarded(self.control.poll, time.monotonic())
         if self.claim.outstanding:

@@ -1,24 +1,17 @@
 """The supervised pool, parent side: the processes' lifecycle, crash attribution, recycling.
 
-A pool of forked processes (their runtime is :mod:`taskq.node.child`), driven by a
-single-threaded parent's event loop; which process gets which job is
-:mod:`taskq.node.dispatch`'s policy.
+A pool of forked processes (their runtime is :mod:`taskq.node.child`, their forking
+:mod:`taskq.node.spawn`), driven by a single-threaded parent's event loop; which process
+gets which job is :mod:`taskq.node.dispatch`'s policy, when one is recycled
+:mod:`taskq.node.recycle`'s (max tasks, max memory, one process at a time).
 
 Like ``multiprocessing.Pool`` but with crash isolation (a dead child costs only the job
 it was running), per-job hard timeouts, recycling, and adaptive chunking. The parent
 never blocks: ``poll()`` waits on the children's pipes and sentinels (plus whatever the
-caller adds) and does all supervision work itself.
-
-Each child has a duplex pipe and a shared slot (see :mod:`taskq.node.child`): the parent
-attributes a death or an overrun to one job without a round trip per job, and takes back
-jobs queued behind a long one (the child claims each job under a lock, so a taken-back
-job never runs twice).
-
-Recycling (max tasks, max memory) is the parent's decision, one process at a time: a
-process is told to exit only while every sibling is up and initialized, so recycling never
-takes more than one process's capacity at once. A process over its memory limit asks
-(``OVER``) and exits at once if it may, else works on until its turn; the first processes
-get staggered task budgets, so they do not all come due together.
+caller adds) and does all supervision work itself. Through each child's shared slot the
+parent attributes a death or an overrun to one job without a round trip per job, and
+takes back jobs queued behind a long one (never run twice); unstarted jobs stuck behind
+overrunning ones go to :meth:`SupervisedPool.take_surplus`, for the node to hand back.
 
 Each process has a slot number (a replacement takes its predecessor's); every exit is
 counted by reason and logged in one line where the death is handled
@@ -34,23 +27,19 @@ with :meth:`SupervisedPool.take_progress`.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import multiprocessing
 import os
 import pickle
 import sys
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait
 from typing import Any
 
 from taskq.errors import ConfigError, TaskqError
+from taskq.node import recycle
 from taskq.node.child import (
     ARM,
     EXIT,
-    GO_ON,
     INF,
     INIT_FAIL,
     OVER,
@@ -58,16 +47,23 @@ from taskq.node.child import (
     READY,
     RES,
     Runner,
-    child_main,
 )
 from taskq.node.dispatch import Dispatcher, Done, ErrorInfo, Job, Proc
-from taskq.node.exits import EXIT_REASONS, ProcInfo, Slots, how_died, rss_of
-from taskq.outcome import ErrorTriple, describe_exception
+from taskq.node.exits import (
+    EXIT_REASONS,
+    ProcInfo,
+    Slots,
+    cancelled_error,
+    death_error,
+    how_died,
+    rss_of,
+)
+from taskq.node.spawn import live_pools, spawn
+from taskq.outcome import ErrorTriple
 
 __all__ = ["EXIT_REASONS", "Done", "ErrorInfo", "Job", "PoolInitError", "ProcInfo",
            "SupervisedPool", "rss_of"]
 
-_CTX = multiprocessing.get_context("fork")
 _INIT_FAILURES = 3
 Progress = tuple[float, "float | None", dict[str, Any], float]
 """A job's last progress: (done, total, info, wall-clock time it was sent)."""
@@ -77,21 +73,12 @@ class PoolInitError(TaskqError):
     """The pool initializer failed in several pool processes in a row."""
 
 
-_live_pools: weakref.WeakSet[SupervisedPool] = weakref.WeakSet()
-
-
-@atexit.register
-def _terminate_all() -> None:  # runs before multiprocessing's own atexit join
-    for p in list(_live_pools):
-        p.terminate()
-
-
 class SupervisedPool:
     def __init__(self, procs: int, runner: Runner, *,
                  initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = (), max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
-                 hard_timeout_grace: float = 5.0) -> None:
+                 hard_timeout_grace: float = 5.0, give_back_surplus: bool = False) -> None:
         if procs < 1:
             raise ConfigError(f"procs must be at least 1, got {procs}")
         if max_tasks_per_child is not None and max_tasks_per_child < 1:
@@ -109,6 +96,8 @@ class SupervisedPool:
         self._started = self._closing = False
         self._progress: dict[Any, Progress] = {}
         self._cancels: set[Any] = set()  # held by a process that has not started them
+        self._surplus: list[Job] = []  # taken back from hoarding, for the node to hand back
+        self._trims = give_back_surplus  # only a caller that hands the surplus back
         self.slots = Slots(procs)
 
     # -- lifecycle
@@ -117,10 +106,9 @@ class SupervisedPool:
         if self._started:
             return
         self._started = True
-        _live_pools.add(self)
-        n = self._max_tasks
-        for i in range(self._size):  # staggered budgets: recycling comes due in turn
-            self._spawn(i, None if n is None else max(1, n - i * n // self._size))
+        live_pools.add(self)
+        for i, budget in enumerate(recycle.budgets(self._size, self._max_tasks)):
+            self._spawn(i, budget)
 
     def __enter__(self) -> SupervisedPool:
         self.start()
@@ -150,7 +138,7 @@ class SupervisedPool:
             p.proc.kill()
         for p in list(self._procs):
             self._death(p)
-        _live_pools.discard(self)
+        live_pools.discard(self)
 
     # -- the interface the node uses
 
@@ -178,7 +166,14 @@ class SupervisedPool:
 
     @property
     def idle_capacity(self) -> int:
-        return max(0, self._size * self._dispatcher.depth - self._in_flight)
+        capacity = self._dispatcher.capacity(self._procs, time.monotonic())
+        return max(0, capacity - self._in_flight)
+
+    def take_surplus(self) -> list[Job]:
+        """Unstarted jobs given up because running ones overran (no longer in flight;
+        only with ``give_back_surplus``): the node hands them back to the queue."""
+        out, self._surplus = self._surplus, []
+        return out
 
     @property
     def pids(self) -> list[int]:
@@ -194,7 +189,7 @@ class SupervisedPool:
         for job in queue:
             if job.key == key:
                 queue.remove(job)
-                self._done.append(Done(key, None, _cancelled(0.0), 0.0))
+                self._done.append(Done(key, None, cancelled_error(0.0), 0.0))
                 return "queued"
         for p in self._procs:
             running = p.running()
@@ -236,7 +231,7 @@ class SupervisedPool:
                 self._chase_cancels()
             self._check_init()
             self._dispatch()
-            if self._done or event or wait_for == 0.0:
+            if self._trim() or self._done or event or wait_for == 0.0:
                 break
             if end is not None and time.monotonic() >= end:
                 break
@@ -247,21 +242,9 @@ class SupervisedPool:
     # -- internals
 
     def _spawn(self, index: int, budget: int | None = None) -> None:
-        conn, child_conn = _CTX.Pipe(duplex=True)
-        slot = _CTX.RawArray("d", [-1.0, 0.0, INF, 0.0, 0.0])
-        lock = _CTX.Lock()
-        foreign = [p.conn for p in self._procs] + [conn]  # the child must not hold these
-        proc = _CTX.Process(
-            target=child_main, name="taskq-pool",
-            args=(child_conn, slot, lock, self._runner, self._initializer, self._initargs,
-                  self._max_memory, self._grace, os.getpid(), foreign))
-        proc.start()
-        child_conn.close()
-        p = Proc(proc, conn, slot, lock, budget or self._max_tasks, index)
-        # A pidfd fires at exit even if a grandchild inherited proc.sentinel's pipe.
-        with contextlib.suppress(AttributeError, OSError):
-            p.pidfd = p.sentinel = os.pidfd_open(p.pid)
-        self._procs.append(p)
+        self._procs.append(spawn(index, budget or self._max_tasks, self._runner,
+                                 self._initializer, self._initargs, self._max_memory,
+                                 self._grace, [p.conn for p in self._procs]))
 
     def _check_init(self) -> None:
         if self._init_error is not None:
@@ -271,17 +254,14 @@ class SupervisedPool:
         """One wait and everything it brings; True if a child died or also_wait is ready."""
         owners: dict[int, tuple[Proc, bool]] = {}
         objs: list[Any] = []
-        deadline = steal_at = INF
         for p in self._procs:
             owners[id(p.conn)] = (p, False)
             owners[id(p.sentinel)] = (p, True)
             objs.append(p.conn)
             objs.append(p.sentinel)
-            deadline = min(deadline, p.deadline())
-            steal_at = min(steal_at, p.steal_at())  # when a job would count as stuck
         objs.extend(also_wait)
-        if steal_at < INF and self._dispatcher.has_idle(self._procs):
-            deadline = min(deadline, steal_at)
+        count = self._in_flight - len(self._done) if self._trims else 0
+        deadline = self._dispatcher.wake_at(self._procs, count)
         if deadline < INF:
             until = max(0.0, deadline - time.monotonic())
             timeout = until if timeout is None else min(timeout, until)
@@ -302,6 +282,17 @@ class SupervisedPool:
                 self._death(p)
                 event = True
         return self._kill_overrunning() or event
+
+    def _trim(self) -> bool:
+        """Take back the surplus of unstarted jobs (:meth:`Dispatcher.surplus`); True if
+        any, so that poll returns and the node hands them back at once."""
+        count = self._in_flight - len(self._done)
+        if not self._trims or count <= 2 * self._size:  # few: never worth taking
+            return False
+        got = self._dispatcher.surplus(self._procs, count, time.monotonic())
+        self._in_flight -= len(got)
+        self._surplus += got
+        return bool(got)
 
     def _chase_cancels(self) -> None:
         """Cancelled jobs a process held behind another: kill it once one starts."""
@@ -341,9 +332,7 @@ class SupervisedPool:
         elif kind == ARM:
             p.wake = min(p.wake, msg[1])
         elif kind == OVER:  # over its memory limit, waiting for a verdict
-            p.over = True
-            p.retiring = not self._recycling(but=p)
-            self._send(p, EXIT if p.retiring else GO_ON)
+            recycle.over_memory(p, self._procs, self._send)
         elif kind == PROGRESS:
             job = p.held.get(msg[1])
             if job is not None:
@@ -364,25 +353,7 @@ class SupervisedPool:
     def _on_results(self, p: Proc, reads: int, seqs: list[int], durs: list[float],
                     errs: list[tuple[int, ErrorTriple]], blob: bytes) -> None:
         p.acked(reads)
-        n = len(seqs)
-        p.done += n
-        try:
-            vals = pickle.loads(blob)
-        except Exception as exc:
-            vals = [None] * n
-            bad = describe_exception(exc)
-            errs = [(i, bad) for i in range(n)]
-        self._dispatcher.observe(durs)
-        held, out = p.held, self._done
-        if not errs:
-            for seq, val, dur in zip(seqs, vals, durs, strict=True):
-                out.append(Done(held.pop(seq).key, val, None, dur))
-            return
-        failed = dict(errs)
-        for i, seq in enumerate(seqs):
-            e = failed.get(i)
-            out.append(Done(held.pop(seq).key, vals[i],
-                            None if e is None else ErrorInfo(*e, "exception"), durs[i]))
+        self._done += self._dispatcher.results(p, seqs, durs, errs, blob)
 
     def _death(self, p: Proc, *, timed_out: bool = False, cancelled: bool = False) -> None:
         """Account for a child that has died or was just SIGKILLed, then replace it."""
@@ -399,17 +370,8 @@ class SupervisedPool:
         if job is not None:
             elapsed = max(0.0, time.monotonic() - p.slot[1])
             self._progress.pop(job.key, None)
-            if cancelled:
-                err = _cancelled(elapsed)
-            elif timed_out:
-                err = ErrorInfo("TaskTimeoutError",
-                                f"pool process {p.pid} was killed after {elapsed:.3g} s: the task "
-                                f"overran its time limit plus {self._grace:g} s grace", "",
-                                "timeout")
-            else:
-                err = ErrorInfo("WorkerLostError",
-                                f"{how_died(p.pid, p.proc.exitcode)} while running the task",
-                                "", "lost")
+            err = death_error(p, elapsed, timed_out=timed_out, cancelled=cancelled,
+                              grace=self._grace)
             self._done.append(Done(job.key, None, err, elapsed))
         # unstarted: run elsewhere
         self._dispatcher.queue.extendleft(reversed(list(p.held.values())))
@@ -433,28 +395,9 @@ class SupervisedPool:
         p.sent.append(len(data))
         p.unread += len(data)
 
-    def _retire_one(self) -> None:
-        """Tell one process that is due for recycling (its task budget is spent and its
-        jobs are done, or it is over its memory limit) to exit, unless a sibling is still
-        being replaced; it finishes what it holds, exits, and _death replaces it."""
-        if self._recycling():
-            return
-        for p in self._procs:
-            if (p.tasks_left == 0 and not p.held) or p.over:
-                p.retiring = True
-                self._send(p, EXIT)
-                return
-
-    def _recycling(self, but: Proc | None = None) -> bool:
-        return any(p is not but and (p.retiring or p.broken or not p.ready)
-                   for p in self._procs)
-
     def _dispatch(self) -> None:
         if self._closing:
             return
-        self._retire_one()
+        recycle.retire_one(self._procs, self._send)
         self._done.extend(self._dispatcher.dispatch(self._procs, self._send))
 
-
-def _cancelled(elapsed: float) -> ErrorInfo:
-    return ErrorInfo("CancelledError", f"cancelled after {elapsed:.3g} s", "", "cancelled")
