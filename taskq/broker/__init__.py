@@ -1,6 +1,12 @@
 """The broker: every Redis key (:mod:`.keys`) and every Redis call of taskq, with the
 queue's Lua scripts beside them (``lua/``). Producers and nodes talk to Redis only
 through here; nothing here decodes a task.
+
+:mod:`.connection` URLs to clients (single server, Cluster, Sentinel), :mod:`.cluster`
+Cluster specifics, :mod:`.queue` one queue's operations, :mod:`.claim` / :mod:`.blocking`
+the node's outstanding blocking reads, :mod:`.control` per-node control streams,
+:mod:`.nodes` heartbeats, :mod:`.schedule` delayed / periodic / deduplicated enqueues,
+:mod:`.snapshot` the dashboard's bounded reads, :mod:`.rqcompat` taskq.rq's records.
 """
 
 from taskq.broker.claim import Claim
