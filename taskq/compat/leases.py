@@ -258,7 +258,9 @@ class _Agent(threading.Thread):
         while state is _state:
             try:
                 item = self.conn.blpop([key], _IDLE_WRITE_BACK)
-            except redis.RedisError:
+            except (redis.RedisError, redis.exceptions.RedisClusterException):
+                # Away or failing over (a cluster with no reachable node raises the latter,
+                # which is no RedisError): this thread must outlive any outage.
                 time.sleep(0.5)
                 continue
             if item is not None:
