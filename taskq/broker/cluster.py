@@ -12,7 +12,12 @@ master and to ride out the moments it changes:
 - :class:`SlotPool` is a plain connection pool for raw blocking reads (the node's claim
   and control stream) that follows its key's slot to whichever master owns it;
 - :func:`slot_client` is a plain client on the master of a key's slot, for the one thing
-  a cluster pipeline cannot do: a script and a ``WAIT`` on the same connection.
+  a cluster pipeline cannot do: a script and a ``WAIT`` on the same connection. Its
+  pipelines follow a failover: a write the server refused whole (``MOVED``, ``ASK``,
+  ``TRYAGAIN``, ``CLUSTERDOWN``, ``READONLY``: every command of a taskq write touches one
+  slot, so nothing of it was applied) is sent again once on the slot's master after a
+  topology refresh; a lost connection refreshes the map and is raised (whether the write
+  was applied is unknown: the caller's outage handling decides).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from typing import Any, cast
 
 import redis
+from redis.client import Pipeline
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
@@ -78,15 +84,58 @@ def refresh(client: Any, *, force: bool = False) -> None:
 
 
 def slot_client(client: redis.Redis, key: str) -> redis.Redis:
-    """``client`` itself for a single server or Sentinel; in cluster mode, the plain
+    """``client`` itself for a single server or Sentinel; in cluster mode, a plain
     client of the master that owns ``key``'s slot (so a script and a ``WAIT`` share one
-    connection in one pipeline: a cluster pipeline refuses scripts)."""
+    connection in one pipeline: a cluster pipeline refuses scripts), whose pipelines
+    follow a failover (:class:`_SlotPipeline`)."""
     if not is_cluster(client):
         return client
     cluster = cast(RedisCluster, client)
     node = cluster.get_node_from_key(key)  # type: ignore[no-untyped-call]
     conn = node.redis_connection or cluster.get_redis_connection(node)
-    return cast(redis.Redis, conn)
+    return _SlotClient(cluster, key, conn.connection_pool)
+
+
+REFUSED: tuple[type[BaseException], ...] = (
+    redis.exceptions.AskError, redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError, redis.exceptions.ReadOnlyError)
+"""Replies by which a server refuses a command without applying it (``MovedError`` is
+an ``AskError``)."""
+
+
+class _SlotClient(redis.Redis):
+    """A plain client on one slot's master (its node's own pool) whose pipelines know
+    the cluster and the key, to follow the slot when it moves."""
+
+    def __init__(self, cluster: RedisCluster, key: str, pool: redis.ConnectionPool) -> None:
+        super().__init__(connection_pool=pool)
+        self._cluster, self._key = cluster, key
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        return _SlotPipeline(self._cluster, self._key, self.connection_pool,
+                             self.response_callbacks, transaction, shard_hint)
+
+
+class _SlotPipeline(Pipeline):
+    """A pipeline on one slot's master that survives the slot moving (a failover)."""
+
+    def __init__(self, cluster: RedisCluster, key: str, *args: Any) -> None:
+        super().__init__(*args)
+        self._cluster, self._key = cluster, key
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack, scripts = list(self.command_stack), set(self.scripts)
+        try:
+            return super().execute(raise_on_error)
+        except REFUSED:
+            refresh(self._cluster, force=True)  # nothing was applied: send it again, once
+            again = slot_client(cast(redis.Redis, self._cluster), self._key).pipeline(
+                transaction=self.transaction)
+            again.command_stack, again.scripts = stack, scripts
+            return Pipeline.execute(again, raise_on_error)
+        except (redis.ConnectionError, redis.TimeoutError):
+            refresh(self._cluster)  # the master may be gone: the next write asks the new map
+            raise
 
 
 class SlotPool(redis.ConnectionPool):

@@ -5,12 +5,17 @@
 ones the master client of a :class:`redis.sentinel.Sentinel` (both parsed by
 :func:`taskq.config.parse_target`). Every client has a socket timeout and TCP keepalive:
 a master that vanishes without closing its sockets (a host gone, a partition) is
-noticed, instead of a read that waits forever (a known stall of Sentinel clients).
+noticed, instead of a read that waits forever (a known stall of Sentinel clients). A
+Sentinel client also asks the Sentinels where the master is at least once a second
+(:class:`FollowingPool`): after a ``SENTINEL FAILOVER`` the old master keeps accepting
+writes on the connections it has until Sentinel demotes it, seconds later, and whatever
+it takes meanwhile is lost when it resyncs from the new master.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, cast
 
 import redis
@@ -18,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from taskq.config import CLUSTER_SCHEMES, SENTINEL_SCHEMES, Target, parse_target, redact_url, validate_url
 from taskq.errors import BrokerError, ConfigError
@@ -67,13 +72,42 @@ def _connect_target(url: str, target: Target, kwargs: dict[str, Any]) -> redis.R
     if target.kind == "sentinel":
         return cast(redis.Redis, _sentinel(target, options).master_for(  # type: ignore[no-untyped-call]
             cast(str, target.master), db=target.db, username=target.username,
-            password=target.password, ssl=target.ssl, **options))
+            password=target.password, ssl=target.ssl, connection_pool_class=FollowingPool,
+            **options))
     try:
         return cast(redis.Redis, RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],  # type: ignore[no-untyped-call]
             username=target.username, password=target.password, ssl=target.ssl, **options))
     except (RedisClusterException, redis.RedisError) as exc:
         raise unreachable(url, exc) from None
+
+
+class FollowingPool(SentinelConnectionPool):
+    """A Sentinel master pool that follows a failover at once: at most every
+    :attr:`CHECK_EVERY` seconds, handing out a connection asks the Sentinels for the
+    master's address, and when it moved every connection is dropped, in-use ones too (a
+    blocked claim or BLPOP then fails as an outage and reconnects to the new master).
+    redis-py's own pool only re-asks when it opens a connection, so a busy client keeps
+    writing to the demoted master's connections."""
+
+    CHECK_EVERY = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._checked = time.monotonic()
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._checked >= self.CHECK_EVERY:
+            self._checked = now
+            old = self.master_address
+            try:
+                new = self.get_master_address()  # type: ignore[no-untyped-call]
+            except (MasterNotFoundError, redis.RedisError):
+                new = old  # no Sentinel answers now: the connection attempt will tell
+            if old is not None and new != old:
+                self.disconnect(inuse_connections=True)
+        return super().get_connection(*args, **kwargs)
 
 
 def _sentinel(target: Target, options: dict[str, Any]) -> Sentinel:
