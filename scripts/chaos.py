@@ -3,13 +3,20 @@
 
     python scripts/chaos.py                 # 20,000 tasks, 3 nodes x 2 processes
     python scripts/chaos.py --quick         # about 2,000 tasks, fewer faults (CI, < 60 s)
+    python scripts/chaos.py --quick --cluster     # over a 3-master + 3-replica Redis Cluster
+    python scripts/chaos.py --quick --sentinel    # over a master + replica + Sentinel
 
 It starts its own embedded Redis (AOF, appendfsync always) and N worker nodes as
 subprocesses, enqueues the tasks in waves with ``taskq.Client`` (``send_many`` and
 ``submit_many``), and meanwhile, at progress points spread over the run:
 
 * SIGKILLs whole nodes (and restarts them), SIGKILLs pool processes of live nodes;
-* kills Redis with SIGKILL and restarts it on the same socket from its AOF;
+* kills Redis with SIGKILL and restarts it on the same socket from its AOF; with
+  ``--cluster`` / ``--sentinel`` (the topologies of scripts/topologies.py, as the tests
+  start them) that fault is a failover of the queue's master instead: planned
+  (``CLUSTER FAILOVER`` / ``SENTINEL FAILOVER``), or with ``--unplanned`` a SIGKILL of the
+  master (its replica is promoted, the killed server comes back as a replica), run with
+  ``--wait-replicas 1`` on nodes and producer so no acknowledged write can be lost;
 * injects poison: tasks that os._exit() their pool process every time (they must fail
   with WorkerLostError after their one retry) and a task that SIGKILLs its node every
   time (it must be dead-lettered after --max-deliveries lost nodes);
@@ -56,9 +63,12 @@ SCRIPTS = ROOT / "scripts"
 sys.path[:0] = [str(ROOT), str(SCRIPTS)]
 
 import chaos_tasks as rt  # noqa: E402
+from topologies import Cluster, SentinelSet  # noqa: E402
 
-from taskq.broker import GROUP, Broker  # noqa: E402
+from taskq.broker import GROUP, Broker, connect  # noqa: E402
+from taskq.broker.cluster import transient  # noqa: E402
 from taskq.client import Client  # noqa: E402
+from taskq.config import Settings  # noqa: E402
 from taskq.local.embedded import EmbeddedRedis  # noqa: E402
 
 QUEUE = "default"
@@ -96,6 +106,8 @@ class Stats:
     redis_restarts: int = 0
     redis_down_s: float = 0.0
     in_flight_at_deaths: int = 0
+    split_brain: int = 0
+    split_failovers: int = 0
     recoveries: list[float] = field(default_factory=list)
     hung: list[str] = field(default_factory=list)
     leaked: list[str] = field(default_factory=list)
@@ -110,6 +122,9 @@ class Chaos:
         self.log_dir.mkdir()
         self.server = EmbeddedRedis(appendonly=True, directory=str(workdir / "redis"))
         (workdir / "redis").mkdir()
+        self.topology: Cluster | SentinelSet | None = (
+            Cluster(workdir) if args.cluster else SentinelSet(workdir) if args.sentinel else None)
+        self._url: str | None = None
         self.nodes: list[Node] = []
         self.stats = Stats()
         self.recovering: list[tuple[float, list[bytes]]] = []
@@ -121,6 +136,14 @@ class Chaos:
         self.r: redis.Redis | None = None
         self.client: Client | None = None
 
+    @property
+    def url(self) -> str:
+        """The URL nodes and producer use (the embedded server's, read once it started:
+        it is not readable while the server is down)."""
+        if self._url is None:
+            self._url = self.server.url if self.topology is None else self.topology.url
+        return self._url
+
     # -- processes --------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
@@ -131,10 +154,10 @@ class Chaos:
 
     def start_node(self, slot: int) -> Node:
         a = self.args
-        cmd = [sys.executable, "-m", "taskq", "--url", self.server.url, "worker",
+        cmd = [sys.executable, "-m", "taskq", "--url", self.url, "worker",
                "--procs", str(a.procs), "--lease", str(a.lease), "--import", "chaos_tasks",
                "--max-deliveries", str(a.max_deliveries), "--shutdown-timeout", "10",
-               "--log-level", "warning"]
+               "--log-level", "warning", *self.wait_replicas()]
         with open(self.workdir / f"node-{slot}.log", "ab") as out:
             # Own session: a Ctrl-C at the terminal goes to this script, which cleans up.
             proc = subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
@@ -146,6 +169,9 @@ class Chaos:
             self.nodes.append(node)
         return node
 
+    def wait_replicas(self) -> list[str]:
+        return ["--wait-replicas", "1"] if self.args.unplanned else []
+
     def children(self, node: Node) -> list[psutil.Process]:
         try:
             kids = psutil.Process(node.proc.pid).children()
@@ -154,8 +180,10 @@ class Chaos:
         return kids
 
     def redis_client(self) -> redis.Redis:
+        if self.r is None and self.topology is not None:
+            self.r = connect(self.url, socket_timeout=5)  # follows failovers
         if self.r is None:
-            self.r = redis.Redis.from_url(self.server.url, socket_timeout=5,
+            self.r = redis.Redis.from_url(self.url, socket_timeout=5,
                                           socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
         return self.r
 
@@ -210,6 +238,8 @@ class Chaos:
         return False
 
     def restart_redis(self) -> None:
+        if self.topology is not None:
+            return self.failover(self.topology)
         down = self.rng.uniform(0.3, min(1.5, self.args.lease / 2))
         self.server.kill()
         t0 = time.monotonic()
@@ -218,6 +248,47 @@ class Chaos:
         self.server.restart()
         self.stats.redis_down_s += time.monotonic() - t0
         self.stats.redis_restarts += 1
+
+    def failover(self, topology: Cluster | SentinelSet) -> None:
+        """The topologies' Redis fault: the queue's master fails over (counted as a
+        restart; its duration as time down)."""
+        t0 = time.monotonic()
+        key = Broker(self.redis_client(), QUEUE).keys.stream
+        if isinstance(topology, SentinelSet) and not self.args.unplanned:
+            new = self.sentinel_failover(topology)
+        elif self.args.unplanned:
+            killed, new = topology.kill_master(key)
+            log(f"SIGKILLed the master on port {killed}; {new} took over, {killed} is its replica")
+        else:
+            new = topology.failover(key)
+            log(f"failed the queue's master over to port {new} (planned)")
+        self.stats.redis_down_s += time.monotonic() - t0
+        self.stats.redis_restarts += 1
+
+    def sentinel_failover(self, topology: SentinelSet) -> int:
+        """``SENTINEL FAILOVER``, measuring its split-brain window: Sentinel promotes the
+        replica, switches its address a second later and demotes the old master ~10 s
+        after that; completions the old master acknowledged after the promotion are lost
+        with its data when it resyncs, and those tasks run again. Counted (old master's
+        last ``done`` minus the promoted one's at promotion) into the duplicate bound."""
+        stats = Broker(self.redis_client(), QUEUE).keys.stats
+        old = topology.client(topology.master())
+        replica = topology.client(topology.replica_port if topology.master() == topology.master_port
+                                  else topology.master_port)
+        done_old = int(old.hget(stats, "done") or 0)
+        topology.sentinel().execute_command("SENTINEL FAILOVER", topology.NAME)
+        while replica.execute_command("ROLE")[0] != b"master":
+            time.sleep(0.01)
+        at_promotion = int(replica.hget(stats, "done") or 0)
+        while old.execute_command("ROLE")[0] == b"master":
+            done_old = int(old.hget(stats, "done") or 0)
+            time.sleep(0.05)
+        self.stats.split_brain += max(0, done_old - at_promotion)
+        self.stats.split_failovers += 1  # a delivery counted there may be lost too
+        log(f"SENTINEL FAILOVER: the old master acknowledged {done_old - at_promotion} "
+            "completion(s) after the promotion (lost with it: they run again)")
+        topology.wait_linked()
+        return topology.master()
 
     def inject_poison(self) -> None:
         token = f"poison{len(self.poison_ids)}"
@@ -245,8 +316,8 @@ class Chaos:
         while True:
             try:
                 return fn()
-            except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() > deadline:
+            except Exception as exc:  # an outage or a failover (MOVED, READONLY …)
+                if not transient(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
 
@@ -254,7 +325,8 @@ class Chaos:
 
     def producer(self) -> Client:
         if self.client is None:
-            self.client = Client(self.server.url, queue=QUEUE)
+            self.client = Client(settings=Settings.from_env(
+                url=self.url, queues=(QUEUE,), wait_replicas=1 if self.args.unplanned else 0))
         return self.client
 
     def enqueue_wave(self, start: int, end: int, wave: int) -> None:
@@ -338,8 +410,7 @@ class Chaos:
 
     def run(self) -> int:
         a = self.args
-        self.server.start()
-        log(f"Redis at {self.server.url} (AOF, appendfsync always); workdir {self.workdir}")
+        self.start_redis()
         Broker(self.redis_client(), QUEUE).ensure_group()
         waves = max(1, a.waves)
         wave_size = -(-a.tasks // waves)
@@ -402,6 +473,19 @@ class Chaos:
         self.stop_nodes()
         return self.report()
 
+    def start_redis(self) -> None:
+        if self.topology is None:
+            self.server.start()
+            log(f"Redis at {self.url} (AOF, appendfsync always); workdir {self.workdir}")
+        else:
+            self.topology.create()
+            log(f"{type(self.topology).__name__} at {self.url}; workdir {self.workdir}")
+
+    def stop_redis(self) -> None:
+        self.server.stop()
+        if self.topology is not None:
+            self.topology.stop()
+
     def stop_nodes(self) -> None:
         for node in self.nodes:
             if node.proc.poll() is None:
@@ -446,7 +530,8 @@ class Chaos:
         # A rerun happens only where a node died holding the task, a process was killed
         # under it (then retried), or a node lost its lease while alive (its late report
         # is suppressed and counted).
-        bound = self.stats.in_flight_at_deaths + self.stats.child_kills + info["suppressed"]
+        bound = (self.stats.in_flight_at_deaths + self.stats.child_kills + info["suppressed"]
+                 + self.stats.split_brain)
         poison_ok = all(
             not outcomes.get(p, {"ok": True})["ok"] and outcomes[p]["e"][0] == "WorkerLostError"
             for p in self.poison_ids)
@@ -467,7 +552,7 @@ class Chaos:
             self.client.close()
             self.client = None
         r.close()
-        self.server.stop()
+        self.stop_redis()
         self.check_leaks()
         s = self.stats
         problems = []
@@ -483,7 +568,7 @@ class Chaos:
         if not poison_ok or any(n > 2 for n in poison_runs):
             problems.append(f"process-killing poison did not fail after its retry: runs {poison_runs}")
         if node_poison_dead != len(self.node_poison_ids) or any(
-                n > a.max_deliveries for n in node_poison_runs):
+                n > a.max_deliveries + s.split_failovers for n in node_poison_runs):
             problems.append(f"node-killing poison not dead-lettered within {a.max_deliveries} "
                             f"runs: runs {node_poison_runs}")
         if reasons.get("malformed", 0) + reasons.get("unknown task", 0) + reasons.get(
@@ -508,7 +593,9 @@ class Chaos:
             ("failed otherwise", f"{failed_other}"),
             ("executed more than once", f"{twice} tasks, {extra} extra runs (bound {bound} = "
              f"{s.in_flight_at_deaths} in flight at node deaths + {s.child_kills} child kills"
-             f" + {info['suppressed']} late reports)"),
+             f" + {info['suppressed']} late reports"
+             + (f" + {s.split_brain} acknowledged by a demoted master" if s.split_brain else "")
+             + ")"),
             ("retried (stats)", f"{info['retried']}"),
             ("late reports suppressed", f"{info['suppressed']}"),
             ("poison, kills its process", f"{len(self.poison_ids)} injected, runs {poison_runs}, "
@@ -522,7 +609,7 @@ class Chaos:
              + (f"; {s.refused_starts} restarts refused: Redis down" if s.refused_starts else "")
              + ")"),
             ("pool process kills", f"{s.child_kills}"),
-            ("Redis restarts (kill -9)", f"{s.redis_restarts} ({s.redis_down_s:.1f} s down in all)"),
+            (self.redis_fault(), f"{s.redis_restarts} ({s.redis_down_s:.1f} s down in all)"),
             ("longest recovery after a node kill",
              f"{max(s.recoveries):.2f} s (lease {a.lease:g} s)" if s.recoveries else "n/a"),
             ("producer futures", f"{len(self.futures) - unresolved}/{len(self.futures)} resolved"),
@@ -551,12 +638,14 @@ class Chaos:
 
     def ours(self) -> list[psutil.Process]:
         """Live processes of this run: their command line names the work directory (the
-        nodes' --url and, inherited by fork, their pool processes'; redis-server's --dir)."""
+        nodes' --url and, inherited by fork, their pool processes'; redis-server's --dir,
+        under the work directory for the topologies too)."""
         found = []
         for p in psutil.process_iter(["pid", "cmdline", "status"]):
             if p.info["pid"] == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            if str(self.workdir) in " ".join(p.info["cmdline"] or ()):
+            cmdline = " ".join(p.info["cmdline"] or ())
+            if str(self.workdir) in cmdline or self.url in cmdline:
                 found.append(p)
         return found
 
@@ -573,7 +662,16 @@ class Chaos:
         if self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.close()
-        self.server.stop()
+        self.stop_redis()
+
+
+    def redis_fault(self) -> str:
+        """The table's name for the Redis fault of this topology."""
+        if self.topology is None:
+            return "Redis restarts (kill -9)"
+        kind = "SIGKILL of the master" if self.args.unplanned else (
+            "CLUSTER FAILOVER" if self.args.cluster else "SENTINEL FAILOVER")
+        return f"failovers ({kind})"
 
 
 def _reason_kind(reason: str) -> str:
@@ -605,6 +703,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=None, help="seconds (default 600, quick 100)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cluster", action="store_true",
+                       help="over a Redis Cluster (3 masters + 3 replicas): failovers, no restarts")
+    where.add_argument("--sentinel", action="store_true",
+                       help="over a master + replica + Sentinel: failovers, no restarts")
+    p.add_argument("--unplanned", action="store_true",
+                   help="with --cluster/--sentinel: SIGKILL the master (and --wait-replicas 1)")
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {"tasks": 2000 if quick else 20000, "lease": 2.0 if quick else 3.0,
@@ -617,6 +722,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, k, v)
     if args.seed is None:
         args.seed = random.randrange(1 << 30)
+    if args.unplanned and not (args.cluster or args.sentinel):
+        p.error("--unplanned needs --cluster or --sentinel")
     return args
 
 

@@ -315,7 +315,9 @@ class SentinelSet(Servers):
         """``SENTINEL FAILOVER``; the new master's port once it took over and the old
         one follows it in sync (``key`` ignored, as in :meth:`kill_master`)."""
         old = self.master()
-        self.sentinel().execute_command("SENTINEL FAILOVER", self.NAME)
+        # NOGOODSLAVE until Sentinel has seen the replica in sync: retried.
+        wait_until(lambda: self.sentinel().execute_command("SENTINEL FAILOVER", self.NAME), 30,
+                   "Sentinel to accept SENTINEL FAILOVER")
         wait_until(lambda: self.master() != old and self.client(self.master()).execute_command(
             "ROLE")[0] == b"master", 30, "the Sentinel failover")
         wait_until(lambda: self.client(old).execute_command("ROLE")[0] == b"slave", 30,
