@@ -43,27 +43,26 @@ from typing import Any
 import redis
 
 from taskq import registry
-from taskq.broker import Broker, connect, heartbeat, remove_node
-from taskq.broker.claim import Claim, Claimer, ClusterClaim, SyncClaim
-from taskq.broker.cluster import is_cluster, refresh
+from taskq.broker import Broker, heartbeat, remove_node
+from taskq.broker.claim import Claimer
+from taskq.broker.cluster import refresh
 from taskq.config import Settings
-from taskq.message import Entry, Report
-from taskq.node import runner, scheduler
-from taskq.node.control import NodeControl, cancelled_report
-from taskq.node.holdings import Holdings, log_task
+from taskq.message import Entry
+from taskq.node import parts, scheduler
+from taskq.node.control import NodeControl
+from taskq.node.holdings import Holdings
 from taskq.node.outage import DOWN, Backoff, outage
-from taskq.node.pool import Done, Job, PoolInitError, SupervisedPool
+from taskq.node.parts import CLAIM_BLOCK
+from taskq.node.pool import Done, Job, PoolInitError
 from taskq.node.schedule import Schedule
+from taskq.node.stopping import Stopping
 from taskq.node.telemetry import Telemetry
 
 log = logging.getLogger("taskq.node")
 
-CLAIM_BLOCK = 2.0
-"""Seconds one blocking claim waits; the claim socket's timeout is well above it."""
 PROMOTE_EVERY, HEARTBEAT_EVERY = 0.25, 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 1.0
 """Seconds between reconnection attempts while Redis is away: short next to a lease."""
-_RUNNING, _DRAINING, _LEAVING = 0, 1, 2
 
 
 class Node:
@@ -89,32 +88,13 @@ class Node:
         self.settings = settings
         self.burst = burst
         self.node_id = node_id or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        timeout = max(10.0, CLAIM_BLOCK + 5.0)
-        # No client-side retries: a retrying command would stall the loop for seconds
-        # while Redis is away; the loop backs off and reconnects by itself (_redis_down).
-        self.client = client if client is not None else connect(
-            settings.url, retries=False, socket_timeout=timeout, socket_connect_timeout=5.0)
+        self.client = client if client is not None else parts.connect_node(settings.url)
         registry.import_task_modules(imports)  # retry policies for tasks whose process died
         self.brokers = [Broker(self.client, q, wait_replicas=settings.wait_replicas)
                         for q in settings.queues]
-        streams = [b.keys.stream for b in self.brokers]
-        if claim is None:
-            # A cluster refuses one XREADGROUP over several queues (CROSSSLOT): one claim each.
-            multi = ClusterClaim if is_cluster(self.client) and len(streams) > 1 else Claim
-            claim = (SyncClaim(self.client, streams, self.node_id) if client is not None else
-                     multi(settings.url, streams, self.node_id, socket_timeout=timeout))
-        self.claim = claim
-        self.pool = SupervisedPool(
-            settings.procs,
-            runner.run_entry,
-            initializer=runner.init_child,
-            initargs=(tuple(imports), init, tuple(init_args), settings.secret,
-                      settings.require_signed),
-            max_tasks_per_child=settings.max_tasks_per_child,
-            max_memory_per_child=settings.max_memory_per_child,
-            hard_timeout_grace=settings.hard_timeout_grace,
-            give_back_surplus=True,  # it hands back what the pool would only hoard
-        )
+        self.claim = claim or parts.make_claim(settings.url, self.client, self.brokers,
+                                               self.node_id, in_process=client is not None)
+        self.pool = parts.make_pool(settings, imports, init, init_args)
         self.schedule = Schedule()
         self.scheduler = scheduler.for_node(self.client, self.node_id, settings)  # periodic
         self.processed = self.failed = 0
@@ -126,11 +106,11 @@ class Node:
         self.control = NodeControl(self.node_id, self.client, self.brokers, self._holdings,
                                    self.pool, url=None if client is not None else settings.url,
                                    secret=settings.secret, progress_ttl=settings.result_ttl)
-        self._stopping = _RUNNING
+        self.stopping = Stopping(self.pool, self._holdings, self.claim,
+                                 settings.shutdown_timeout)
         self._claim_empty = False
         self._backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
-        self._drain_deadline = float("inf")
-        self._draining = self._closed = False
+        self._closed = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -152,20 +132,20 @@ class Node:
         """``running``, ``draining`` (graceful stop), ``leaving`` (stop now) or ``closed``."""
         if self._closed:
             return "closed"
-        return ("running", "draining", "leaving")[self._stopping]
+        return self.stopping.name
 
     # -- lifecycle --------------------------------------------------------------------
 
     def request_stop(self, force: bool = False) -> None:
         """Graceful stop; a second request (or ``force``) leaves at once."""
-        self._stopping = _LEAVING if force or self._stopping else _DRAINING
+        self.stopping.request(force)
         if not self._closed:  # once closed, the pipe's fd number may be someone else's
             with contextlib.suppress(OSError):
                 os.write(self._wake_w, b"x")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         log.info("received %s: %s", signal.Signals(signum).name,
-                 "stopping now" if self._stopping else "finishing running tasks")
+                 "stopping now" if self.stopping.level else "finishing running tasks")
         self.request_stop()
 
     def run(self) -> int:
@@ -200,7 +180,7 @@ class Node:
         if self._closed:
             return
         try:
-            self._shutdown()
+            self.stopping.leave(self.settings.result_ttl)
         finally:
             self.close()
 
@@ -231,13 +211,8 @@ class Node:
     def finished(self) -> bool:
         """Should the loop end? (Stopped and drained; or, in burst mode, out of work.)"""
         idle = not self._holdings.held and not self._holdings.unreported
-        if self._stopping == _LEAVING:
-            return True
-        if self._stopping == _DRAINING:
-            if time.monotonic() > self._drain_deadline:
-                log.warning("shutdown timeout: handing back what is still running")
-                return True
-            return idle
+        if self.stopping.level:
+            return self.stopping.done(idle)
         if self.burst and self._claim_empty and idle:
             return self._nothing_delayed()
         return False
@@ -253,9 +228,7 @@ class Node:
     def step(self, timeout: float | None = None) -> None:
         """One turn of the loop: housekeeping, reports, a claim, one wait on the pool (at
         most ``timeout`` seconds; None: until the next periodic work is due), outcomes."""
-        if self._stopping and not self._draining:
-            self._draining = True
-            self._begin_drain()
+        self.stopping.begin_drain_once()
         now = time.monotonic()
         self.telemetry.beat(now)
         if not self._backoff.waiting(now):
@@ -335,8 +308,8 @@ class Node:
             next_due = min(next_due, now + 0.05)
         if self.burst and not self.claim.outstanding:
             next_due = min(next_due, now + 0.05)
-        if self._stopping:
-            next_due = min(next_due, self._drain_deadline)
+        if self.stopping.level:
+            next_due = min(next_due, self.stopping.deadline)
         return max(0.0, min(next_due - now, CLAIM_BLOCK))
 
     def _redis_down(self, exc: Exception) -> None:
@@ -355,7 +328,7 @@ class Node:
         return self.pool.idle_capacity + self.settings.procs - self.pool.queued
 
     def _maybe_claim(self) -> None:
-        if self._stopping or self.claim.full:
+        if self.stopping.level or self.claim.full:
             return
         count = min(self._room(), self.settings.claim_size)
         if count > 0:
@@ -389,17 +362,7 @@ class Node:
             if d.key in holdings.suspects:  # it did not kill us: take the next one soon
                 holdings.suspects.discard(d.key)
                 self.schedule.make_due("reclaim")
-            if d.error is None:
-                report: Report = d.value
-            elif d.error.cause == "cancelled":
-                report = cancelled_report(entry, self.settings.secret)
-            else:  # its process died, or was killed at the hard time limit
-                error = (d.error.type_name, d.error.message, d.error.traceback)
-                report = runner.run_lost(entry, error, self.settings.secret)
-                log_task(entry, "hard-killed at its time limit" if d.error.cause == "timeout"
-                         else "lost", d.error.message)
-            if report.kind == "dead":  # rejected in the pool process (e.g. a bad signature)
-                log_task(entry, "dead-lettered", report.extra.decode(errors="replace"))
+            report = parts.report_for(d, entry, self.settings.secret)
             if m is not None:
                 m.finished(qi, report.task, d.duration)
             self.processed += 1
@@ -418,7 +381,7 @@ class Node:
             self.telemetry.renewed()
             schedule.set("renew", now + lease / 3)
         if schedule.is_due("reclaim", now):
-            more = not self._stopping and call("reclaim", self._reclaim)
+            more = not self.stopping.level and call("reclaim", self._reclaim)
             schedule.set("reclaim", now + (0.05 if more else lease / 2))
         if schedule.is_due("promote", now):
             for broker in self.brokers:
@@ -449,19 +412,3 @@ class Node:
             "failed": self.failed, "in_flight": len(self._holdings.held),
             **self.telemetry.heartbeat_fields(self.client, self.pool),
         }, ttl=HEARTBEAT_EVERY * 6)
-
-    # -- shutdown ---------------------------------------------------------------------
-
-    def _shutdown(self) -> None:
-        """Leave: report what finished, hand back everything still held (in a forced
-        stop or after the shutdown timeout, that includes tasks that were running)."""
-        self.claim.drop()
-        if self.held_count:
-            self.pool.terminate()
-        self._holdings.settle(self.settings.result_ttl)
-
-    def _begin_drain(self) -> None:
-        """First signal: stop claiming and hand back the tasks no process has started."""
-        self.claim.drop()
-        self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout
-        self._holdings.give_back([job.key for job in self.pool.withdraw_queued()])
