@@ -1,7 +1,9 @@
 """What ``taskq worker`` runs. Never imports :mod:`taskq.client` or :mod:`taskq.compat`.
 
 The node parent (never runs user code):
-:mod:`.node` the event loop (claim → dispatch → report, drain, outages), :mod:`.holdings`
+:mod:`.node` the event loop (claim → dispatch → report, drain, outages), :mod:`.parts`
+what it is made of and what a finished job becomes, :mod:`.stopping` how it stops,
+:mod:`.holdings`
 what it holds under its lease, :mod:`.schedule` when periodic work is due, :mod:`.outage`
 which errors mean "back off", :mod:`.control` its control stream (cancel, progress),
 :mod:`.scheduler` periodic tasks, :mod:`.telemetry` / :mod:`.metrics` / :mod:`.health`
