@@ -20,7 +20,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,13 @@ import fakeredis
 import orjson
 import pytest
 import redis as redis_lib
+from node_helpers import enqueue, step_until
 from prometheus_client.parser import text_string_to_metric_families
 
 import taskq
-from taskq.broker import Broker
 from taskq.broker.keys import node_key
 from taskq.config import Settings, parse_metrics
 from taskq.errors import ConfigError, TaskError
-from taskq.message import TaskMessage
 from taskq.node.logs import JsonFormatter
 from taskq.node.metrics import MAX_TASK_LABELS, OTHER, NodeMetrics
 from taskq.node.node import Node
@@ -148,19 +146,6 @@ def node(r: redis_lib.Redis) -> Iterator[Node]:
     n.start()
     yield n
     n.close()
-
-
-def enqueue(r: redis_lib.Redis, task: str, *args: Any) -> str:
-    task_id = uuid.uuid4().hex
-    Broker(r, "default").enqueue([(TaskMessage(task_id, task, list(args)).encode(), None)])
-    return task_id
-
-
-def step_until(node: Node, cond: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        node.step(0.05)
 
 
 def test_counts_in_process(r: redis_lib.Redis, node: Node) -> None:

@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
+import node_helpers
 import orjson
 import pytest
 import redis as redis_lib
+from node_helpers import step_until
 
 import taskq
 from taskq.broker import GROUP, Broker, QueueKeys
@@ -116,17 +118,7 @@ def make_node(r: redis_lib.Redis) -> Iterator[Callable[..., Node]]:
 
 
 def enqueue(r: redis_lib.Redis, task: str, *args: Any) -> str:
-    task_id = uuid.uuid4().hex
-    body = TaskMessage(task_id, task, list(args), reply_to=PRODUCER).encode()
-    Broker(r, "default").enqueue([(body, None)])
-    return task_id
-
-
-def step_until(node: Node, cond: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        node.step(0.05)
+    return node_helpers.enqueue(r, task, *args, reply_to=PRODUCER)
 
 
 def result(r: redis_lib.Redis, task_id: str) -> Outcome | None:
