@@ -29,25 +29,48 @@ ErrorTriple = tuple[str, str, str]
 _INT_RANGE = range(-(2**63), 2**64)  # what orjson writes as a JSON integer
 
 
+def json_exact(values: list[Any]) -> bool:
+    """The one rule of what JSON gives back exactly: str, bool, None, 64-bit ints, finite
+    floats, and lists and str-keyed dicts of those (NaN and ±Infinity would become null,
+    tuples lists, datetimes and UUIDs strings, …). Consumes ``values``; a tight loop, as
+    producers check every call of a registered function with it."""
+    while values:
+        v = values.pop()
+        t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        if t is int:
+            if v not in _INT_RANGE:
+                return False
+        elif t is float:
+            if not math.isfinite(v):
+                return False
+        elif t is list:
+            values.extend(v)
+        elif t is dict:
+            if not all(type(k) is str for k in v):
+                return False
+            values.extend(v.values())
+        else:
+            return False
+    return True
+
+
 def unfaithful(args: Sequence[Any], kwargs: dict[str, Any] | None, what: str) -> None:
-    """Raise TypeError naming the first value JSON would not give back exactly (NaN and
-    ±Infinity become null, tuples lists, datetimes and UUIDs strings): a value is never
-    changed silently on the way. Plain JSON values pass."""
+    """Raise TypeError naming the first value JSON would not give back exactly
+    (:func:`json_exact`): a value is never changed silently on the way."""
+    if json_exact([*args, *(kwargs.values() if kwargs else ())]):
+        return
     todo: list[tuple[str, Any]] = [(f"[{i}]", v) for i, v in enumerate(args)]
     if kwargs:
         todo.extend((f"[{k!r}]", v) for k, v in kwargs.items())
-    while todo:
+    while todo:  # find it, for the message
         path, v = todo.pop()
-        t = type(v)
-        if t is str or t is bool or v is None or (t is int and v in _INT_RANGE):
-            continue
-        if t is float and math.isfinite(v):
-            continue
-        if t is list:
+        if type(v) is list:
             todo.extend((f"{path}[{i}]", x) for i, x in enumerate(v))
-        elif t is dict and all(type(k) is str for k in v):
+        elif type(v) is dict and all(type(k) is str for k in v):
             todo.extend((f"{path}[{k!r}]", x) for k, x in v.items())
-        else:
+        elif not json_exact([v]):
             raise TypeError(f"{what} {path} ({_short(v)}) is not JSON-serializable without "
                             "change: use lists, str-keyed dicts, str, finite numbers (or a "
                             "registered task and a secret: it then travels pickled)")

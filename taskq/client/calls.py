@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from taskq import registry
 from taskq.errors import SignatureError
 from taskq.message import TaskMessage
+from taskq.outcome import json_exact
 
 if TYPE_CHECKING:  # signed loads cloudpickle: imported only once a call travels pickled
     from taskq.signed import Context
@@ -157,36 +158,15 @@ def route(fn: TaskRef, args: Sequence[Any], kwargs: dict[str, Any] | None,
     return pickled, spec
 
 
-_INT_RANGE = range(-(2**63), 2**64)  # what orjson writes as a JSON integer
-
-
 def json_faithful(args: Sequence[Any], kwargs: dict[str, Any] | None, chunk: bool = False,
                   star: bool = True) -> bool:
-    """Would these arguments come back from JSON exactly as they are?"""
+    """Would these arguments come back from JSON exactly as they are
+    (:func:`taskq.outcome.json_exact`)? A chunk's ``args`` are its items."""
     values: list[Any] = ([*itertools.chain.from_iterable(args)] if star else list(args)) \
         if chunk else list(args)
     if kwargs:
         values.extend(kwargs.values())
-    while values:
-        v = values.pop()
-        t = type(v)
-        if t is str or t is bool or v is None:
-            continue
-        if t is int:
-            if v not in _INT_RANGE:
-                return False
-        elif t is float:
-            if not math.isfinite(v):
-                return False
-        elif t is list:
-            values.extend(v)
-        elif t is dict:
-            if not all(type(k) is str for k in v):
-                return False
-            values.extend(v.values())
-        else:
-            return False
-    return True
+    return json_exact(values)
 
 
 def pickled(spec: registry.TaskSpec | None, fn: Callable[..., Any], args: Sequence[Any],
