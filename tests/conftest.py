@@ -4,6 +4,7 @@
   lupa) and ``real`` (a real server, db flushed first). Replies are bytes.
 * ``redis_url`` -- the real server's URL, db flushed first: for anything that crosses
   processes (worker subprocesses, forked pools).
+* ``client`` -- a :class:`taskq.Client` whose connections go to the ``redis`` fixture's server.
 * ``embedded_server`` -- a private :class:`EmbeddedRedis` (AOF on) a test may kill/restart.
 * ``cluster`` / ``cluster_url`` -- a real Redis Cluster (3 masters + 3 replicas, session
   scoped; the URL fixture flushes every master), ``sentinel`` / ``sentinel_url`` -- a
@@ -34,6 +35,8 @@ import fakeredis
 import pytest
 import redis as redis_lib
 
+from taskq.client import Client
+from taskq.config import Settings
 from taskq.errors import EmbeddedRedisError
 from taskq.local.embedded import EmbeddedRedis
 
@@ -172,3 +175,12 @@ def sentinel_url(sentinel: SentinelSet) -> str:
     """The Sentinel URL, the current master flushed."""
     sentinel.flush()
     return sentinel.url
+
+
+@pytest.fixture
+def client(redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+    """A Client whose connections all go to the ``redis`` fixture's server (fake or real)."""
+    monkeypatch.setattr("taskq.client.client.connect", lambda url, **kw: redis)
+    c = Client(settings=Settings(url="redis://fixture/0"))
+    yield c
+    c.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from concurrent.futures import as_completed
 from typing import Any
 
@@ -13,7 +12,6 @@ import redis as redis_lib
 import taskq
 from taskq.broker import GROUP
 from taskq.client import Client
-from taskq.config import Settings
 from taskq.errors import TaskError
 from taskq.message import Entry
 from taskq.node import runner
@@ -51,14 +49,6 @@ class FakeNode:
         self.broker.complete("node", reports, 60)
         return len(reports)
 
-
-@pytest.fixture
-def client(redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
-    # Point the Client's connections at the fixture's server (fake or real).
-    monkeypatch.setattr("taskq.client.client.connect", lambda url, **kw: redis)
-    c = Client(settings=Settings(url="redis://fixture/0"))
-    yield c
-    c.close()
 
 
 def test_submit_resolves_a_real_future(client: Client) -> None:

@@ -17,21 +17,12 @@ import taskq
 from taskq.cli import parse_duration
 from taskq.client import Client
 from taskq.client.calls import CallOptions
-from taskq.config import Settings
 from taskq.errors import ConfigError
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
 sys.path.insert(0, str(TESTS))
 import schedule_tasks  # noqa: E402
-
-
-@pytest.fixture
-def client(redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
-    monkeypatch.setattr("taskq.client.client.connect", lambda url, **kw: redis)
-    c = Client(settings=Settings(url="redis://fixture/0"))
-    yield c
-    c.close()
 
 
 def test_durations_parse_and_bad_ones_are_config_errors() -> None:
