@@ -1143,6 +1143,41 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
+@contextlib.contextmanager
+def run_environment(url: str | None, prefix: str) -> Iterator[tuple[Procs, str, str]]:
+    """What one benchmark run stands on, set up and torn down in one place: a shared
+    secret (as a real deployment has; the nodes started here inherit it), a log dir, the
+    process guard, and Redis: ``url``, else an embedded redis-server on a free port.
+    Yields (procs, url, where); everything is stopped and removed at the end, on SIGTERM too."""
+    os.environ.setdefault("TASKQ_SECRET", secrets.token_hex(16))
+    logdir = tempfile.mkdtemp(prefix=prefix)
+    procs = Procs(logdir)
+    server = None
+    old_term = signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
+    try:
+        if url:
+            where = url
+        else:
+            from taskq.local.embedded import EmbeddedRedis
+
+            server = EmbeddedRedis(port=0).start()
+            if server.pid is not None:
+                procs.guard(server.pid)  # its own session: pgid = pid
+            url, where = server.url, f"embedded, {server.url}"
+        log(f"Redis at {url}; logs in {logdir}")
+        yield procs, url, where
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        procs.stop_all()
+        if server is not None:
+            pid = server.pid
+            server.stop()
+            if pid is not None:
+                procs.guard(pid, on=False)
+        procs.close()
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="taskq vs multiprocessing.Pool vs RQ.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1182,24 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     sizes = QUICK if opts.quick else FULL
     sys.path.insert(0, HERE)  # bench_rq_tasks, for pickling RQ job references
-    # A shared secret, as a real taskq.Pool deployment has: producers and the worker
-    # nodes started here inherit it, so map chunks travel as one signed pickle each.
-    os.environ.setdefault("TASKQ_SECRET", secrets.token_hex(16))
-    logdir = tempfile.mkdtemp(prefix="taskq-bench-")
-    procs = Procs(logdir)
-    server = None
-    old_term = signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
-    try:
-        if opts.url:
-            url, where = opts.url, opts.url
-        else:
-            from taskq.local.embedded import EmbeddedRedis
-
-            server = EmbeddedRedis(port=0).start()
-            if server.pid is not None:
-                procs.guard(server.pid)  # its own session: pgid = pid
-            url, where = server.url, f"embedded, {server.url}"
-        log(f"Redis at {url}; logs in {logdir}")
+    with run_environment(opts.url, "taskq-bench-") as (procs, url, where):
         busy_before = cpu_busy()
         load_before = os.getloadavg()[0]
         f_problem = netem_problem() if "F" in opts.selected else None
@@ -1238,16 +1256,6 @@ def main(argv: list[str] | None = None) -> int:
                            "notes": {f"{r}|{s}": v for (r, s), v in bench.res.notes.items()},
                            "sizes": sizes.__dict__, "repeat": opts.repeat}, f, indent=1)
         return 0
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        procs.stop_all()
-        if server is not None:
-            pid = server.pid
-            server.stop()
-            if pid is not None:
-                procs.guard(pid, on=False)
-        procs.close()
-        shutil.rmtree(logdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

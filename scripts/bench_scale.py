@@ -32,13 +32,9 @@ import contextlib
 import datetime
 import os
 import platform
-import secrets
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,7 +47,7 @@ for _p in (ROOT, HERE):  # run from a checkout; bench.py's process helpers
         sys.path.insert(1, _p)
 
 import redis  # noqa: E402
-from bench import Procs, check_alive, cpu_busy, log, log_tail  # noqa: E402
+from bench import Procs, check_alive, cpu_busy, log, log_tail, run_environment  # noqa: E402
 
 import taskq  # noqa: E402
 
@@ -400,23 +396,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     sizes, mode = (QUICK, "quick") if opts.quick else (FULL, "full") if opts.full else (DEFAULT, "default")
-    # a shared secret, as a real deployment has; the nodes started here inherit it
-    os.environ.setdefault("TASKQ_SECRET", secrets.token_hex(16))
-    logdir = tempfile.mkdtemp(prefix="taskq-scale-")
-    procs = Procs(logdir)
-    server = None
-    old_term = signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
-    try:
-        if opts.url:
-            url = where = opts.url
-        else:
-            from taskq.local.embedded import EmbeddedRedis
-
-            server = EmbeddedRedis(port=0).start()
-            if server.pid is not None:
-                procs.guard(server.pid)  # its own session: pgid = pid
-            url, where = server.url, f"embedded, {server.url}"
-        log(f"Redis at {url}; logs in {logdir}")
+    with run_environment(opts.url, "taskq-scale-") as (procs, url, where):
         busy = cpu_busy()
         scale = Scale(url, sizes, procs)
         for section in (scale.backlog, scale.pending, scale.node_counts, scale.payload, scale.results):
@@ -435,16 +415,6 @@ def main(argv: list[str] | None = None) -> int:
             plot(scale.report.data, opts.plot, head.split("\n", 1)[1])
             print(f"\nplot: {opts.plot}")
         return 0
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        procs.stop_all()
-        if server is not None:
-            pid = server.pid
-            server.stop()
-            if pid is not None:
-                procs.guard(pid, on=False)
-        procs.close()
-        shutil.rmtree(logdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
