@@ -1,6 +1,6 @@
 """``taskq dashboard`` and ``taskq exporter``: parse, build the app, serve it.
 
-Importable without the ``dashboard`` extra (``taskq/cli.py`` registers these commands at
+Importable without the ``dashboard`` extra (``taskq/cli/__init__.py`` registers these commands at
 start-up): Starlette, uvicorn and prometheus_client are imported only when a command runs,
 and their absence is a one-line error.
 """
