@@ -293,7 +293,12 @@ for pgid in groups:  # the benchmark died without stopping these (e.g. SIGKILLed
 
 
 def die_with_parent() -> None:
-    """Pool initializer: a multiprocessing.Pool worker must not outlive a killed benchmark."""
+    """Pool initializer: a multiprocessing.Pool worker must not outlive a killed benchmark,
+    and must not inherit the benchmark's SIGTERM handler: Pool.terminate() SIGTERMs its
+    workers, and one that raised SystemExit while holding the pool's queue lock left its
+    sibling blocked on it, so terminate() waited for ever (seen as an occasional hang of
+    `bench.py --quick` after workload B)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             import ctypes
