@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
-import hmac
 import io
 import linecache
 import pickle
@@ -46,14 +44,13 @@ from typing import Any
 import cloudpickle
 import cloudpickle.cloudpickle as _cloudpickle
 
-from taskq.config import derive_key
 from taskq.errors import SignatureError, TaskError
 from taskq.outcome import ChunkResult
+from taskq.signing import result_verifies
 
 CALL, MAP, STARMAP = 0, 1, 2
 VERSION = 1
 PROTOCOL = 5
-_RESULT_DOMAIN = b"taskq-result\x00"
 MAX_FUNCTIONS = 64
 MAX_SOURCE_CHARS = 64 * 1024  # source lines one payload carries (beyond: file and line only)
 
@@ -258,12 +255,6 @@ def label(fn: Any) -> str:
     return f"pickled:{getattr(target, '__module__', '?')}.{name}"
 
 
-def result_signature(secret: bytes, task_id: str, text: bytes) -> str:
-    """``xs``: the HMAC (result key) of a pickled result, bound to its task id."""
-    return hmac.new(derive_key(secret, "results"), _RESULT_DOMAIN + task_id.encode() + b"\x00" + text,
-                    hashlib.sha256).hexdigest()
-
-
 def load_outcome(obj: dict[str, Any], secret: bytes | None) -> tuple[bool, Any]:
     """A pickled outcome from the inbox → ``(ok, value or exception)``, verified first.
     A chunk's value is a :class:`taskq.message.ChunkResult`, as for a JSON chunk."""
@@ -273,7 +264,7 @@ def load_outcome(obj: dict[str, Any], secret: bytes | None) -> tuple[bool, Any]:
     if secret is None:
         return False, SignatureError("pickled result but this client has no secret")
     raw = text.encode()
-    if not hmac.compare_digest(result_signature(secret, task_id, raw).encode(), sig.encode()):
+    if not result_verifies(secret, task_id, raw, sig.encode()):
         return False, SignatureError("result signature does not match this client's secret: refused")
     try:
         kind, body, duration = pickle.loads(base64.b64decode(raw))

@@ -7,11 +7,18 @@ The keys come from the shared secret through :func:`taskq.config.derive_key`, wh
 in config beside :func:`~taskq.config.check_secret`: config owns the secret. What is signed
 and where each signature travels is the wire format of :mod:`taskq.message`; this module
 does not import it.
+
+Every tag is HMAC-SHA256 truncated to 128 bits, written as 22 characters of unpadded
+URL-safe base64 (:func:`tag`): a forger's chance per guess is 2^-128, and a queued task
+costs Redis 22 bytes of signature instead of 64. Truncation to 128 bits is what RFC 4868
+(HMAC-SHA-256-128) and NIST SP 800-107 allow. The 64-hex-digit tags of earlier releases
+still verify (:func:`tag_matches`), so entries queued before an upgrade run after it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import functools
 import hmac
 from typing import Any
 
@@ -24,14 +31,38 @@ SIGNED_TTL = 7 * 24 * 3600.0
 """The default lifetime (s) a producer signs into an envelope (``exp``): generous, so only
 a stale or replayed entry ever meets it."""
 _MSG_DOMAIN, _OUTCOME_DOMAIN = b"taskq-message\x00", b"taskq-outcome\x00"
+_RESULT_DOMAIN = b"taskq-result\x00"
+
+
+_key = functools.lru_cache(maxsize=64)(derive_key)
+"""The derived keys, made once per (secret, purpose): a key costs an HMAC of its own."""
+
+
+def _digest(secret: bytes, purpose: str, data: bytes) -> bytes:
+    return hmac.digest(_key(secret, purpose), data, "sha256")
+
+
+def tag(digest: bytes) -> bytes:
+    """The written form of a MAC: its first 128 bits, unpadded URL-safe base64 (22 bytes,
+    never ``|``: a packed entry splits on it)."""
+    return base64.urlsafe_b64encode(digest[:16])[:22]
+
+
+def tag_matches(digest: bytes, given: bytes) -> bool:
+    """Does ``given`` (a :func:`tag`, or an earlier release's 64 hex digits) carry
+    ``digest``? Constant time in the tag's content."""
+    if len(given) == 64:
+        return hmac.compare_digest(digest.hex().encode(), given)
+    return hmac.compare_digest(tag(digest), given)
+
+
+def _message_digest(secret: bytes, queue: str, body: bytes) -> bytes:
+    return _digest(secret, "messages", b"%s%s\x00%s" % (_MSG_DOMAIN, queue.encode(), body))
 
 
 def sign(secret: bytes, queue: str, body: bytes) -> bytes:
     """The ``s`` of an envelope ``body`` sent on ``queue``."""
-    mac = hmac.new(derive_key(secret, "messages"), _MSG_DOMAIN, hashlib.sha256)
-    mac.update(queue.encode() + b"\x00")
-    mac.update(body)
-    return mac.hexdigest().encode()
+    return tag(_message_digest(secret, queue, body))
 
 
 def verify(secret: bytes | None, queue: str, body: bytes, signature: bytes | None) -> None:
@@ -39,7 +70,7 @@ def verify(secret: bytes | None, queue: str, body: bytes, signature: bytes | Non
         raise SignatureError("payload is not signed")
     if secret is None:
         raise SignatureError("signed payload but this worker has no TASKQ_SECRET")
-    if not hmac.compare_digest(sign(secret, queue, body), signature):
+    if not tag_matches(_message_digest(secret, queue, body), signature):
         raise SignatureError(f"payload signature does not match this worker's TASKQ_SECRET "
                              f"for queue {queue!r}")
 
@@ -48,15 +79,26 @@ def sign_outcome(secret: bytes, task_id: str, outcome: bytes) -> bytes:
     """An outcome JSON object signed for ``task_id``: ``os`` appended, the HMAC (result
     key) of the object's JSON without it. orjson writes what it parses back byte for
     byte, so the producer recomputes it from the parsed object (:func:`outcome_verifies`)."""
-    sig = _outcome_mac(secret, task_id, outcome)
+    sig = tag(_outcome_digest(secret, task_id, outcome))
     return b"%s,\"os\":\"%s\"}" % (outcome[:-1], sig)
 
 
-def _outcome_mac(secret: bytes, task_id: str, outcome: bytes) -> bytes:
-    mac = hmac.new(derive_key(secret, "results"), _OUTCOME_DOMAIN, hashlib.sha256)
-    mac.update(task_id.encode() + b"\x00")
-    mac.update(outcome)
-    return mac.hexdigest().encode()
+def _outcome_digest(secret: bytes, task_id: str, outcome: bytes) -> bytes:
+    return _digest(secret, "results", b"%s%s\x00%s" % (_OUTCOME_DOMAIN, task_id.encode(), outcome))
+
+
+def _result_digest(secret: bytes, task_id: str, text: bytes) -> bytes:
+    return _digest(secret, "results", b"%s%s\x00%s" % (_RESULT_DOMAIN, task_id.encode(), text))
+
+
+def result_signature(secret: bytes, task_id: str, text: bytes) -> str:
+    """``xs``: the tag (result key) of a pickled result's text (:mod:`taskq.signed`),
+    bound to its task id."""
+    return tag(_result_digest(secret, task_id, text)).decode()
+
+
+def result_verifies(secret: bytes, task_id: str, text: bytes, xs: bytes) -> bool:
+    return tag_matches(_result_digest(secret, task_id, text), xs)
 
 
 def outcome_verifies(secret: bytes, task_id: str, obj: dict[str, Any]) -> bool:
@@ -68,10 +110,7 @@ def outcome_verifies(secret: bytes, task_id: str, obj: dict[str, Any]) -> bool:
         text, xs = obj.get("x"), obj.get("xs")
         if not isinstance(text, str) or not isinstance(xs, str):
             return False
-        from taskq.signed import result_signature  # a pickled result: loaded next anyway
-
-        return hmac.compare_digest(result_signature(secret, task_id, text.encode()).encode(),
-                                   xs.encode())
+        return result_verifies(secret, task_id, text.encode(), xs.encode())
     sig = obj.get("os")
     if not isinstance(sig, str):
         return False
@@ -79,4 +118,4 @@ def outcome_verifies(secret: bytes, task_id: str, obj: dict[str, Any]) -> bool:
         body = orjson.dumps({k: v for k, v in obj.items() if k != "os"})
     except TypeError:
         return False
-    return hmac.compare_digest(_outcome_mac(secret, task_id, body), sig.encode())
+    return tag_matches(_outcome_digest(secret, task_id, body), sig.encode())

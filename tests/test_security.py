@@ -25,11 +25,11 @@ import redis as redis_lib
 
 import taskq
 from taskq.broker import Broker
-from taskq.config import Settings
-from taskq.errors import ConfigError
+from taskq.config import Settings, derive_key
+from taskq.errors import ConfigError, SignatureError
 from taskq.message import TaskMessage
 from taskq.outcome import decode_outcome, encode_ok
-from taskq.signing import outcome_verifies, sign_outcome
+from taskq.signing import outcome_verifies, sign, sign_outcome, verify
 
 TESTS = Path(__file__).parent
 SECRET = "security-tests-" + "x" * 32
@@ -91,6 +91,35 @@ def test_an_outcome_signature_binds_the_task_id() -> None:
     assert not outcome_verifies(b"k" * 32, "t2", {**signed, "id": "t2"})
     assert not outcome_verifies(b"o" * 32, "t1", signed)
     assert not outcome_verifies(b"k" * 32, "t1", {**signed, "v": [2]})
+
+
+def test_a_tag_is_128_bits_and_no_shortened_or_altered_one_verifies() -> None:
+    """The tags are truncated HMACs: anything but the exact 22 characters is refused,
+    a prefix, an empty tag and every single-character change included."""
+    key, body = b"k" * 32, b'{"id":"t1","t":"noop","a":[]}'
+    good = sign(key, "q", body)
+    assert len(good) == 22 and b"|" not in good
+    verify(key, "q", body, good)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    forged = [good[:21], good[:16], b"", good + b"A"]
+    forged += [good[:i] + bytes([c]) + good[i + 1:] for i in range(22) for c in alphabet[:8]
+               if c != good[i]]
+    for bad in forged:
+        with pytest.raises(SignatureError):
+            verify(key, "q", body, bad)
+
+
+def test_a_full_length_tag_of_an_earlier_release_still_verifies() -> None:
+    """Entries queued by a producer of the release before (64 hex digits of the same
+    HMAC) run after an upgrade; a wrong one of that length does not."""
+    key, body = b"k" * 32, b'{"id":"t1","t":"noop","a":[]}'
+    old = hmac.new(derive_key(key, "messages"), b"taskq-message\x00q\x00" + body,
+                   hashlib.sha256).hexdigest().encode()
+    verify(key, "q", body, old)
+    with pytest.raises(SignatureError):
+        verify(key, "q", body, old[:-1] + (b"0" if old[-1:] != b"0" else b"1"))
+    with pytest.raises(SignatureError):
+        verify(key, "other", body, old)
 
 
 # -- 2. replay across queues, and the expiry ---------------------------------------------

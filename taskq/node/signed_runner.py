@@ -8,7 +8,7 @@ spawn re-imports the main script as ``__mp_main__``. So a Pool's initializer tha
 module global is seen by that Pool's tasks, and two Pools' initializers never clash. The
 initializer runs in a process before its first task of that Pool (and again in a
 replacement process, or after ``maxtasksperchild`` tasks). Results go back pickled and
-signed (:func:`taskq.signed.result_signature`).
+signed (:func:`taskq.signing.result_signature`).
 
 What to do with a failure (retry or fail) is not decided here: :func:`run` hands the
 exception back to :mod:`taskq.node.runner`, which applies the one rule for every task.
@@ -35,7 +35,8 @@ from taskq import registry
 from taskq.errors import SignatureError
 from taskq.node.child import arm_timeout
 from taskq.outcome import describe_exception
-from taskq.signed import CALL, MAX_FUNCTIONS, PROTOCOL, STARMAP, VERSION, dumps, result_signature
+from taskq.signed import CALL, MAX_FUNCTIONS, PROTOCOL, STARMAP, VERSION, dumps
+from taskq.signing import result_signature
 
 MAX_NAMESPACES = 32
 
