@@ -3,7 +3,6 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from taskq.client import Batch, BatchStatus, Client
 from taskq.config import Settings
 from taskq.errors import (
     BrokerError,
@@ -18,7 +17,6 @@ from taskq.errors import (
     UnknownTaskError,
     WorkerLostError,
 )
-from taskq.node.child import progress
 from taskq.periodic import periodic, schedule  # eager: binds the names over the submodule
 from taskq.registry import task
 
@@ -26,6 +24,7 @@ if TYPE_CHECKING:
     from concurrent.futures import as_completed, wait
     from multiprocessing import TimeoutError
 
+    from taskq.client import Batch, BatchStatus, Client
     from taskq.client.aio import AsyncClient
     from taskq.compat.futures import Executor
     from taskq.compat.futures import Executor as ProcessPoolExecutor
@@ -33,12 +32,21 @@ if TYPE_CHECKING:
     from taskq.compat.process import Process, cpu_count
     from taskq.compat.shared import Lock, Value
     from taskq.local.cluster import LocalCluster
+    from taskq.node.child import progress
     from taskq.node.context import current_task
 
-# The Executor/Pool side loads cloudpickle: imported on first use, so `import taskq` on
-# a worker node (JSON tasks only) stays light.
+# What is imported eagerly above is what task modules use (@task, @periodic, the errors)
+# and needs no Redis client. Everything else loads on first use: `python -m taskq worker`
+# imports this package too, and a node never needs the producer side (Client and its
+# reply listener, the Executor/Pool side that loads cloudpickle, redis.asyncio).
+# A lazy name must not be the name of a submodule of taskq: importing the submodule
+# would bind it over the name (hence periodic, above, stays eager).
 _LAZY = {
+    "Client": ("taskq.client", "Client"),
+    "Batch": ("taskq.client", "Batch"),
+    "BatchStatus": ("taskq.client", "BatchStatus"),
     "AsyncClient": ("taskq.client.aio", "AsyncClient"),  # loads redis.asyncio
+    "progress": ("taskq.node.child", "progress"),
     "current_task": ("taskq.node.context", "current_task"),
     "Executor": ("taskq.compat.futures", "Executor"),
     "ProcessPoolExecutor": ("taskq.compat.futures", "Executor"),
@@ -63,6 +71,10 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), attr)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -27,8 +27,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS
-
 from taskq.cpus import available_cpus
 from taskq.errors import ConfigError
 
@@ -266,6 +264,10 @@ def _query_options(query: str, invalid: Callable[[str], ConfigError],
                    extra: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The ``?name=value`` options, parsed as redis-py parses them (unknown: refused)."""
     options: dict[str, Any] = {}
+    if not query:  # the usual URL: `import taskq` (DEFAULTS) needs no redis-py
+        return options
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+
     for name, value in parse_qsl(query, keep_blank_values=True):
         parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)
         if parser is not None:
