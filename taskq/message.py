@@ -76,32 +76,55 @@ class TaskMessage:
 
     def encode(self, expires: float | None = None) -> bytes:
         """The envelope JSON; ``expires`` (unix s) overrides :attr:`expires`."""
-        env: dict[str, Any] = {"id": self.id, "t": self.task, "a": self.args}
-        if self.kwargs:
-            env["k"] = self.kwargs
-        if self.reply_to:
-            env["r"] = self.reply_to
-        if self.batch:
-            env["b"] = self.batch
-        if self.keep_result:
+        return EnvelopeEncoder(self, expires).encode(self.id, self.args, self.payload)
+
+
+class EnvelopeEncoder:
+    """Envelopes of calls that share everything but the task id, the arguments and the
+    pickled payload (one task, one set of options: a batch, a map's chunks, or a single
+    message): the shared part is encoded once, as the JSON object's tail, and each
+    envelope is ``{"id":…,"a":…`` (``"p":…``) plus that tail. The one envelope encoder."""
+
+    __slots__ = ("_tail", "task")
+
+    def __init__(self, template: TaskMessage, expires: float | None = None) -> None:
+        """Everything of ``template`` but ``id``, ``args`` and ``payload``; ``expires``
+        (unix s) overrides its :attr:`~TaskMessage.expires`."""
+        self.task = template.task
+        env: dict[str, Any] = {"t": template.task}
+        if template.kwargs:
+            unfaithful((), template.kwargs, f"argument of task {template.task!r}")
+            env["k"] = template.kwargs
+        if template.reply_to:
+            env["r"] = template.reply_to
+        if template.batch:
+            env["b"] = template.batch
+        if template.keep_result:
             env["kr"] = 1
-        if self.timeout is not None:
-            env["to"] = self.timeout
-        if self.chunk:
+        if template.timeout is not None:
+            env["to"] = template.timeout
+        if template.chunk:
             env["c"] = 1
-        if self.payload is not None:
-            env["p"] = base64.b64encode(self.payload).decode()
-        expires = self.expires if expires is None else expires
+        expires = template.expires if expires is None else expires
         if expires is not None:
             env["exp"] = int(expires)
-        if self.traceparent is not None:
-            env["tp"] = self.traceparent
-            if self.tracestate:
-                env["ts"] = self.tracestate
-        if self.payload is None:
-            unfaithful(self.args, self.kwargs, f"argument of task {self.task!r}")
+        if template.traceparent is not None:
+            env["tp"] = template.traceparent
+            if template.tracestate:
+                env["ts"] = template.tracestate
+        self._tail = self._dumps(env)[1:]  # '"t":…}': never empty, it names the task
+
+    def encode(self, task_id: str, args: list[Any], payload: bytes | None = None) -> bytes:
+        """One envelope. TypeError for arguments JSON would not give back exactly."""
+        if payload is not None:
+            return b'{"id":%s,"a":[],"p":"%s",%s' % (
+                orjson.dumps(task_id), base64.b64encode(payload), self._tail)
+        unfaithful(args, None, f"argument of task {self.task!r}")
+        return b'{"id":%s,"a":%s,%s' % (orjson.dumps(task_id), self._dumps(args), self._tail)
+
+    def _dumps(self, value: Any) -> bytes:
         try:
-            return orjson.dumps(env)
+            return orjson.dumps(value)
         except TypeError as exc:
             raise TypeError(f"arguments of task {self.task!r} are not JSON-serializable: {exc}") from None
 

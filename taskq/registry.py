@@ -194,23 +194,41 @@ def check_call(spec: TaskSpec, args: typing.Sequence[Any], kwargs: dict[str, Any
     Only simple annotations (int, float, str, bool, list, dict) are checked; anything
     richer is the task's own business.
     """
-    shape = _call_shape(spec.fn)
-    if shape is None:
+    binding = _binding(spec.fn, len(args), tuple(kwargs))
+    if binding is None:
         return
-    sig, simple = shape
-    try:
-        bound = sig.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise TypeError(f"{spec.name}{sig}: {exc}") from None
-    for pname, hint in simple.items():
-        if pname not in bound.arguments:
-            continue
-        value = bound.arguments[pname]
+    if isinstance(binding, str):
+        raise TypeError(f"{spec.name}{binding}")
+    for pname, hint, where in binding:
+        value = args[where] if isinstance(where, int) else kwargs[where]
         ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
             raise TypeError(f"{spec.name}: argument {pname!r} must be {hint.__name__}, got {value!r}")
+
+
+Binding = tuple[tuple[str, type, int | str], ...]
+"""The simply-typed parameters a call binds: (name, type, its position or keyword)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _binding(fn: Callable[..., Any], nargs: int, kwnames: tuple[str, ...]) -> Binding | str | None:
+    """How a call of ``fn`` with ``nargs`` positional arguments and these keywords binds,
+    worked out once per shape (``Signature.bind`` costs several µs a call): the checks
+    to make, the text of the TypeError if it cannot bind, or None if ``fn`` has no
+    signature. Placeholders stand in for the values: a parameter bound to position ``i``
+    gets ``i``, one bound by keyword gets its name."""
+    shape = _call_shape(fn)
+    if shape is None:
+        return None
+    sig, simple = shape
+    try:
+        bound = sig.bind(*range(nargs), **{k: k for k in kwnames})
+    except TypeError as exc:
+        return f"{sig}: {exc}"
+    return tuple((pname, hint, bound.arguments[pname]) for pname, hint in simple.items()
+                 if pname in bound.arguments)
 
 
 _after_task: list[Callable[[], None]] = []

@@ -17,7 +17,7 @@ still verify (:func:`tag_matches`), so entries queued before an upgrade run afte
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 import hmac
 from typing import Any
@@ -34,18 +34,27 @@ _MSG_DOMAIN, _OUTCOME_DOMAIN = b"taskq-message\x00", b"taskq-outcome\x00"
 _RESULT_DOMAIN = b"taskq-result\x00"
 
 
-_key = functools.lru_cache(maxsize=64)(derive_key)
-"""The derived keys, made once per (secret, purpose): a key costs an HMAC of its own."""
+@functools.lru_cache(maxsize=256)
+def _keyed(secret: bytes, purpose: str, prefix: bytes) -> hmac.HMAC:
+    """An HMAC under the derived key for ``purpose`` that has absorbed ``prefix`` (a
+    domain, and the queue for messages), made once: each tag copies it (C) instead of
+    deriving the key and setting up the HMAC again, a third of the cost of a tag."""
+    return hmac.new(derive_key(secret, purpose), prefix, "sha256")
 
 
-def _digest(secret: bytes, purpose: str, data: bytes) -> bytes:
-    return hmac.digest(_key(secret, purpose), data, "sha256")
+def _digest(secret: bytes, purpose: str, prefix: bytes, data: bytes) -> bytes:
+    mac = _keyed(secret, purpose, prefix).copy()
+    mac.update(data)
+    return mac.digest()
 
 
 def tag(digest: bytes) -> bytes:
     """The written form of a MAC: its first 128 bits, unpadded URL-safe base64 (22 bytes,
     never ``|``: a packed entry splits on it)."""
-    return base64.urlsafe_b64encode(digest[:16])[:22]
+    return binascii.b2a_base64(digest[:16], newline=False)[:22].translate(_URL_SAFE)
+
+
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def tag_matches(digest: bytes, given: bytes) -> bool:
@@ -56,8 +65,16 @@ def tag_matches(digest: bytes, given: bytes) -> bool:
     return hmac.compare_digest(tag(digest), given)
 
 
+@functools.lru_cache(maxsize=256)
+def _message_mac(secret: bytes, queue: str) -> hmac.HMAC:
+    return _keyed(secret, "messages", b"%s%s\x00" % (_MSG_DOMAIN, queue.encode()))
+
+
 def _message_digest(secret: bytes, queue: str, body: bytes) -> bytes:
-    return _digest(secret, "messages", b"%s%s\x00%s" % (_MSG_DOMAIN, queue.encode(), body))
+    """The hot path of every producer and node: one cached look-up, a copy, an update."""
+    mac = _message_mac(secret, queue).copy()
+    mac.update(body)
+    return mac.digest()
 
 
 def sign(secret: bytes, queue: str, body: bytes) -> bytes:
@@ -84,11 +101,11 @@ def sign_outcome(secret: bytes, task_id: str, outcome: bytes) -> bytes:
 
 
 def _outcome_digest(secret: bytes, task_id: str, outcome: bytes) -> bytes:
-    return _digest(secret, "results", b"%s%s\x00%s" % (_OUTCOME_DOMAIN, task_id.encode(), outcome))
+    return _digest(secret, "results", _OUTCOME_DOMAIN, b"%s\x00%s" % (task_id.encode(), outcome))
 
 
 def _result_digest(secret: bytes, task_id: str, text: bytes) -> bytes:
-    return _digest(secret, "results", b"%s%s\x00%s" % (_RESULT_DOMAIN, task_id.encode(), text))
+    return _digest(secret, "results", _RESULT_DOMAIN, b"%s\x00%s" % (task_id.encode(), text))
 
 
 def result_signature(secret: bytes, task_id: str, text: bytes) -> str:

@@ -293,20 +293,20 @@ def test_sys_exit_in_a_json_chunk_through_a_client(node_url: str) -> None:
 def _spy(client: taskq.Client, monkeypatch: pytest.MonkeyPatch, sent: list[Future[Any]]) -> None:
     """Keep every Future the client hands out for a sent message."""
     real = client.submit_message
-    real_many = client._submit_messages
+    real_many = client._submit_encoded
 
     def submit_message(msg: Any) -> Future[Any]:
         fut = real(msg)
         sent.append(fut)
         return fut
 
-    def submit_messages(msgs: Any, batch: Any = None) -> list[Future[Any]]:
-        futs = real_many(msgs, batch)
+    def submit_encoded(ids: Any, encoded: Any, batch: Any = None) -> list[Future[Any]]:
+        futs = real_many(ids, encoded, batch)
         sent.extend(futs)
         return futs
 
     monkeypatch.setattr(client, "submit_message", submit_message)
-    monkeypatch.setattr(client, "_submit_messages", submit_messages)
+    monkeypatch.setattr(client, "_submit_encoded", submit_encoded)
 
 
 @pytest.mark.parametrize("secret", [None, SECRET], ids=["json", "pickled"])

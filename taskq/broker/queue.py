@@ -23,6 +23,7 @@ from typing import Any, cast
 import redis
 from redis.commands.core import Script
 
+from taskq.broker.bulk import append_many
 from taskq.broker.cluster import slot_client
 from taskq.broker.keys import GROUP, QUEUES_KEY, QueueKeys, dedup_key_of
 from taskq.config import validate_queue_name
@@ -73,22 +74,24 @@ class Broker:
 
     def enqueue(self, envelopes: Sequence[Signed],
                 batch: tuple[str, float, dict[str, str]] | None = None) -> list[bytes]:
-        """XADD every envelope in one pipelined round trip, counted once; with ``batch``
-        = (id, ttl, extra fields), the batch hash is created first. The entry ids."""
-        pipe = self._writer()
+        """XADD every envelope in one round trip, packed by hand (:mod:`taskq.broker.bulk`),
+        counted once; with ``batch`` = (id, ttl, extra fields), the batch hash is created
+        first. The entry ids."""
+        before: list[tuple[Any, ...]] = []
         if batch is not None:
             batch_id, ttl, extra = batch
             key = self.keys.batch(batch_id)
             fields: dict[str, str | int] = {"total": len(envelopes), "done": 0, "failed": 0,
                                             **extra}
-            pipe.hset(key, mapping=fields)
-            pipe.pexpire(key, int(ttl * 1000))
-        stream = self.keys.stream
-        for body, signature in envelopes:
-            pipe.xadd(stream, stream_fields(body, signature))
-        pipe.hincrby(self.keys.stats, "enqueued", len(envelopes))
-        replies = self._execute(pipe, "enqueue")
-        return cast("list[bytes]", replies[-1 - len(envelopes):-1])
+            before.append(("HSET", key, *(x for kv in fields.items() for x in kv)))
+            before.append(("PEXPIRE", key, int(ttl * 1000)))
+        after: list[tuple[Any, ...]] = [("HINCRBY", self.keys.stats, "enqueued", len(envelopes))]
+        if self.wait_replicas:
+            after.append(("WAIT", self.wait_replicas, int(WAIT_TIMEOUT * 1000)))
+        replies = append_many(self.client, self.keys.stream, envelopes, before, after)
+        if self.wait_replicas:
+            self._check_replicas(replies[-1], "enqueue")
+        return cast("list[bytes]", replies[len(before):len(before) + len(envelopes)])
 
     def _writer(self) -> Any:
         """A pipeline for a write: with ``wait_replicas``, a plain one on the master of
@@ -104,11 +107,14 @@ class Broker:
             return replies
         pipe.execute_command("WAIT", self.wait_replicas, int(WAIT_TIMEOUT * 1000))
         *written, acked = pipe.execute()
+        self._check_replicas(acked, what)
+        return list(written)
+
+    def _check_replicas(self, acked: Any, what: str) -> None:
         if int(acked) < self.wait_replicas:
             log.warning("%s on %s reached %d of %d replica(s) within %.0f s: it may be lost "
                         "if the master fails now", what, self.queue, int(acked),
                         self.wait_replicas, WAIT_TIMEOUT)
-        return list(written)
 
     def pop_replies(self, conn: redis.Redis, client_id: str, timeout: float) -> list[bytes]:
         """Block up to ``timeout`` s for the first reply in ``client_id``'s inbox (on

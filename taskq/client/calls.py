@@ -201,18 +201,35 @@ def by_name(spec: registry.TaskSpec | None, fn: TaskRef, args: Sequence[Any],
     """The message of a call routed by name: JSON arguments, checked against the
     registered task's signature (if this process knows it) before anything is sent."""
     kwargs = kwargs or {}
+    return by_name_template(fn, kwargs, reply_to, options, chunk, msg_id,
+                            call_args(spec, args, kwargs, chunk, star))
+
+
+def call_args(spec: registry.TaskSpec | None, args: Sequence[Any], kwargs: dict[str, Any],
+              chunk: bool, star: bool) -> list[Any]:
+    """The envelope's ``a`` of a call routed by name (for a chunk, one argument list per
+    item), checked against the registered task's signature if this process knows it."""
     if chunk:
         calls = [list(a) for a in args] if star else [[a] for a in args]
         if spec is not None:
-            for call_args in calls:
-                registry.check_call(spec, call_args, kwargs)
-    else:
-        calls = list(args)
-        if spec is not None:
-            registry.check_call(spec, calls, kwargs)
-    # The node applies the registered time limit itself: only an override travels.
+            for one in calls:
+                registry.check_call(spec, one, kwargs)
+        return calls
+    calls = list(args)
+    if spec is not None:
+        registry.check_call(spec, calls, kwargs)
+    return calls
+
+
+def by_name_template(fn: TaskRef, kwargs: dict[str, Any], reply_to: str | None,
+                     options: CallOptions, chunk: bool, msg_id: str = "",
+                     args: list[Any] | None = None) -> TaskMessage:
+    """The message of calls of ``fn`` routed by name with these options (the id and the
+    arguments of one of them, if given). The node applies the registered time limit
+    itself: only an override travels."""
     return TaskMessage(
-        id=msg_id, task=fn if isinstance(fn, str) else registry.name_of(fn), args=calls,
-        kwargs=kwargs, reply_to=reply_to, batch=options.batch,
-        keep_result=options.keep_result, timeout=options.time_limit, chunk=chunk,
+        id=msg_id, task=fn if isinstance(fn, str) else registry.name_of(fn),
+        args=args if args is not None else [], kwargs=kwargs, reply_to=reply_to,
+        batch=options.batch, keep_result=options.keep_result, timeout=options.time_limit,
+        chunk=chunk,
     )

@@ -31,7 +31,7 @@ from taskq.client import cancel as cancels
 from taskq.client import scheduled
 from taskq.client.batch import Batch, BatchStatus
 from taskq.client.calls import DEFAULT, CallOptions, TaskRef
-from taskq.client.encode import envelope
+from taskq.client.encode import Calls, envelope
 from taskq.client.producer import FIRE_AND_FORGET, Producer, check_positive, map_chunks
 from taskq.client.replies import OnProgress, Progress, Replies
 from taskq.client.sender import Sender
@@ -82,6 +82,13 @@ class Client(Producer):
         (fut,) = self._replies.track([msg.id])
         self._sender.put((msg.id, fut, body, signature))
         return fut
+
+    def _calls(self, fn: TaskRef, options: CallOptions, *, chunk: bool = False,
+               star: bool = True) -> Calls:
+        """The encoder of many calls of ``fn`` with ``options`` (:class:`Calls`)."""
+        if not self._group_ready:
+            self._first_use()
+        return Calls(self, fn, options, chunk=chunk, star=star)
 
     def _envelope(self, msg: TaskMessage) -> Signed:
         """The bytes that go on the stream, encoded in the caller's thread: a value JSON
@@ -137,14 +144,19 @@ class Client(Producer):
 
     def _submit_messages(self, messages: Sequence[TaskMessage],
                          batch: tuple[str, dict[str, str]] | None = None) -> list[Future[Any]]:
-        encoded = [self._envelope(m) for m in messages]
-        futures = self._replies.track([m.id for m in messages])
+        return self._submit_encoded([m.id for m in messages],
+                                    [self._envelope(m) for m in messages], batch)
+
+    def _submit_encoded(self, task_ids: Sequence[str], encoded: Sequence[Signed],
+                        batch: tuple[str, dict[str, str]] | None = None) -> list[Future[Any]]:
+        """Enqueue encoded envelopes now, in one round trip; their Futures."""
+        futures = self._replies.track(task_ids)
         try:
-            self._enqueue([(m.id, f, *e) for m, f, e in zip(messages, futures, encoded,
-                                                            strict=True)], batch)
+            self._enqueue([(t, f, *e) for t, f, e in zip(task_ids, futures, encoded,
+                                                         strict=True)], batch)
         except BaseException:
-            for msg in messages:
-                self._replies.forget(msg.id)
+            for task_id in task_ids:
+                self._replies.forget(task_id)
             raise
         return futures
 
@@ -198,14 +210,15 @@ class Client(Producer):
         if delay is not None:
             return scheduled.submit_many(self, fn, arglists, batch, reduce, delay)
         batch_id = os.urandom(6).hex() if batch else None
-        messages = [
-            self.message(fn, args, options=CallOptions(
-                batch=batch_id, task_id=f"{batch_id}.{i}" if batch_id else None))
-            for i, args in enumerate(arglists)
-        ]
+        encoder = self._calls(fn, CallOptions(batch=batch_id))
+        task_ids, encoded = [], []
+        for i, args in enumerate(arglists):
+            task_id = f"{batch_id}.{i}" if batch_id else self.new_id()
+            task_ids.append(task_id)
+            encoded.append(encoder.envelope(task_id, args))
         extra = {"reduce": reduce} if reduce else {}
-        futures = self._submit_messages(messages, (batch_id, extra) if batch_id else None)
-        return futures, Batch(self, batch_id, len(messages)) if batch_id else None
+        futures = self._submit_encoded(task_ids, encoded, (batch_id, extra) if batch_id else None)
+        return futures, Batch(self, batch_id, len(task_ids)) if batch_id else None
 
     def send(self, fn: TaskRef, /, *args: Any, **kwargs: Any) -> str:
         """Fire-and-forget: no result is stored, its completion is still counted."""
@@ -217,13 +230,15 @@ class Client(Producer):
                   keep_results: bool = False, **extra: str) -> Batch:
         """Fire-and-forget many tasks as one batch: ``wait()`` on it, watch its progress."""
         batch_id = os.urandom(6).hex()
-        messages = [
-            self.message(fn, args, options=CallOptions(
-                task_id=f"{batch_id}.{i}", reply=False, keep_result=keep_results, batch=batch_id))
-            for i, args in enumerate(arglists)
-        ]
-        self._enqueue([(m.id, None, *self._envelope(m)) for m in messages], (batch_id, extra))
-        return Batch(self, batch_id, len(messages))
+        encoder = self._calls(fn, CallOptions(reply=False, keep_result=keep_results,
+                                              batch=batch_id))
+        envelopes: list[Envelope] = []
+        for i, args in enumerate(arglists):
+            task_id = f"{batch_id}.{i}"
+            body, signature = encoder.envelope(task_id, args)
+            envelopes.append((task_id, None, body, signature))
+        self._enqueue(envelopes, (batch_id, extra))
+        return Batch(self, batch_id, len(envelopes))
 
     def map(
         self, fn: TaskRef, *iterables: Iterable[Any], chunksize: int = 1,
@@ -232,8 +247,11 @@ class Client(Producer):
         """Like ``Executor.map``: every call is sent now, results come back in order.
         ``timeout`` bounds the wait for them (seconds from this call), not the tasks: a
         task's own time limit is :meth:`apply`'s ``time_limit`` or its ``@task(timeout=)``."""
-        messages = [self.message(fn, c, chunk=True) for c in map_chunks(iterables, chunksize)]
-        futures = self._submit_messages(messages)
+        chunks = map_chunks(iterables, chunksize)
+        encoder = self._calls(fn, DEFAULT, chunk=True)
+        task_ids = [self.new_id() for _ in chunks]
+        futures = self._submit_encoded(task_ids, [encoder.envelope(t, c) for t, c in
+                                                  zip(task_ids, chunks, strict=True)])
         deadline = None if timeout is None else time.monotonic() + timeout
         return _chunk_results(futures, deadline)
 

@@ -72,13 +72,17 @@ class Producer:
         take."""
         # Positional calls: this is the submit hot path.
         pickled, spec = calls.route(fn, args, kwargs, chunk, star, self.settings.secret is not None)
-        msg_id = options.task_id or f"{self.client_id}-{next(self._ids)}"
+        msg_id = options.task_id or self.new_id()
         reply_to = self.client_id if options.reply else None
         if not pickled:
             return calls.by_name(spec, fn, args, kwargs, msg_id, reply_to, options, chunk, star)
         assert not isinstance(fn, str)
         return calls.pickled(spec, fn, args, kwargs, msg_id, reply_to, options, chunk, star,
                              context if context is not None else self._pickling_context())
+
+    def new_id(self) -> str:
+        """A task id of this client's own: unique (client id and a counter)."""
+        return f"{self.client_id}-{next(self._ids)}"
 
     def _pickling_context(self) -> Context:
         if self._context is None:
