@@ -80,21 +80,24 @@ def _exchange(conn: Any, stream: bytes, entries: Sequence[tuple[bytes, bytes | N
     tail = b"\r\n$1\r\ns\r\n"
     replies: list[Any] = []
     unread = 0
-    if before:
-        conn.send_packed_command(conn.pack_commands(before), check_health=False)
-        unread = len(before)
-    for start in range(0, len(entries), _SLICE):
-        chunk = [
+    head = conn.pack_commands(before) if before else []
+    last = len(entries) - _SLICE
+    for start in range(0, max(len(entries), 1), _SLICE):
+        packets = [
             b"%s$%d\r\n%s%s$%d\r\n%s\r\n" % (signed, len(body), body, tail, len(sig), sig)
             if sig else b"%s$%d\r\n%s\r\n" % (unsigned, len(body), body)
             for body, sig in entries[start:start + _SLICE]
         ]
-        conn.send_packed_command([b"".join(chunk)], check_health=False)
+        count = len(packets)
+        if start == 0 and head:  # the commands before go out with the first slice...
+            packets[:0] = head
+            count += len(before)
+        if start >= last and after:  # ...and the ones after with the last: one send if small
+            packets.extend(conn.pack_commands(after))
+            count += len(after)
+        conn.send_packed_command([b"".join(packets)], check_health=False)
         _read(conn, unread, replies)
-        unread = len(chunk)
-    if after:
-        conn.send_packed_command(conn.pack_commands(after), check_health=False)
-        unread += len(after)
+        unread = count
     _read(conn, unread, replies)
     return replies
 

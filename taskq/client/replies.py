@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from taskq.signing import outcome_verifies
 log = logging.getLogger("taskq.client")
 
 STOP = b"stop"
+_WAITED = 0.0005
+"""A blocking pop that took longer than this (s) waited for its reply: no backlog."""
 """Pushed into the inbox by close(): wakes the listener so it can see it should stop."""
 
 
@@ -149,13 +152,19 @@ class Replies:
                 if missed:
                     self._read_stored(conn)
                     missed = False
+                asked = time.monotonic()
                 blobs = self._broker.pop_replies(conn, self._client_id, timeout=2)
+                # A pop that had to wait found the inbox empty: its reply is likely the
+                # only one, so go straight back to waiting (an idle round trip costs no
+                # extra command). One answered at once may have a backlog behind it:
+                # drain that, many replies per command.
+                backlog = time.monotonic() - asked < _WAITED
                 while blobs:
                     # Resolve the first reply before draining more: latency first.
                     for blob in blobs:
                         if blob != STOP:
                             self.resolve(blob)
-                    blobs = self._broker.drain_replies(conn, self._client_id)
+                    blobs = self._broker.drain_replies(conn, self._client_id) if backlog else []
                 backoff = 0.1
             except Exception as exc:  # a failover is an outage, never a dead listener
                 if not isinstance(exc, REDIS_DOWN) and not transient(exc):
