@@ -28,7 +28,7 @@ from taskq.broker import REDIS_DOWN, Broker, connect, unreachable
 from taskq.broker.control import read_progress
 from taskq.broker.queue import Signed
 from taskq.client import cancel as cancels
-from taskq.client import scheduled
+from taskq.client import scheduled, tracing
 from taskq.client.batch import Batch, BatchStatus
 from taskq.client.calls import DEFAULT, CallOptions, TaskRef
 from taskq.client.encode import Calls, envelope
@@ -62,6 +62,7 @@ class Client(Producer):
             lambda: self.settings.secret)
         self._closed = False
         self._group_ready = False
+        self._plain: dict[str, Calls] = {}  # submit's encoders, by task name
         self._sender: Sender[Envelope] = Sender(
             self._write, self._write_failed, name=f"taskq-sender-{self.client_id}"
         )
@@ -197,8 +198,28 @@ class Client(Producer):
             return scheduled.apply(self, fn, args, kwargs, CallOptions(
                 time_limit=time_limit, delay=delay, eta=eta, dedup_key=dedup_key,
                 dedup_ttl=dedup_ttl))
+        if time_limit is None and not kwargs and tracing.trace_context() is None:
+            return self._submit_plain(fn, args)
         options = DEFAULT if time_limit is None else CallOptions(time_limit=time_limit)
         return self.submit_message(self.message(fn, args, kwargs, options=options))
+
+    def _submit_plain(self, fn: TaskRef, args: Sequence[Any]) -> Future[Any]:
+        """The hot path of ``submit`` (positional arguments, no options, no active span):
+        the envelope comes from an encoder kept per task (:class:`Calls`), not from a
+        message built and encoded whole."""
+        name = fn if isinstance(fn, str) else getattr(fn, "__taskq_name__", None)
+        if not isinstance(name, str):  # an unregistered callable travels pickled anyway
+            return self.submit_message(self.message(fn, args))
+        calls = self._plain.get(name)
+        if calls is None or calls.fn != fn:
+            if len(self._plain) >= 64:
+                self._plain.clear()
+            calls = self._plain[name] = self._calls(fn, DEFAULT)
+        task_id = self.new_id()
+        body, signature = calls.envelope(task_id, args)  # a bad call fails here, alone
+        (fut,) = self._replies.track([task_id])
+        self._sender.put((task_id, fut, body, signature))
+        return fut
 
     def submit_many(
         self, fn: TaskRef, arglists: Iterable[Sequence[Any]], *, batch: bool = False,

@@ -52,20 +52,23 @@ class Calls:
     task id): each call is routed as :func:`taskq.client.calls.route` says; those that
     travel by name share one :class:`~taskq.message.EnvelopeEncoder` (no message object,
     no re-encoding of what they share), the others are built one by one. Per call it
-    costs a few µs instead of tens."""
+    costs a few µs instead of tens. The trace context is the one active when the first
+    call by name is encoded: a client keeps one only for calls made with no active span
+    (:meth:`taskq.client.client.Client.submit`)."""
 
     def __init__(self, producer: Producer, fn: TaskRef, options: CallOptions, *,
                  chunk: bool = False, star: bool = True) -> None:
-        self._producer, self._fn, self._options = producer, fn, options
+        self._producer, self.fn, self._options = producer, fn, options
         self._chunk, self._star = chunk, star
         self._settings = producer.settings
         self._reply_to = producer.client_id if options.reply else None
         self._encoder: EnvelopeEncoder | None = None  # made at the first call by name
+        self._encoder_until = 0.0  # when its expiry (``exp``) is a second too early
         # A task named by a str always travels by name: routed once, not per call.
         self._route = calls.route(fn, (), None) if isinstance(fn, str) else None
 
     def envelope(self, task_id: str, args: Sequence[Any]) -> Signed:
-        settings, fn = self._settings, self._fn
+        settings, fn = self._settings, self.fn
         pickled, spec = self._route or calls.route(fn, args, None, self._chunk, self._star,
                                                    settings.secret is not None)
         if pickled:
@@ -73,15 +76,19 @@ class Calls:
             msg = self._producer.message(fn, args, chunk=self._chunk, star=self._star,
                                          options=options)
             return envelope(msg, settings, self._producer.queue, self._producer.message_ttl)
-        encoder = self._encoder or self._make_encoder()
+        encoder = self._encoder
+        if encoder is None or (self._encoder_until and time.time() > self._encoder_until):
+            encoder = self._make_encoder()
         body = encoder.encode(task_id, calls.call_args(spec, args, {}, self._chunk, self._star))
         return finish(encoder.task, body, settings, self._producer.queue)
 
     def _make_encoder(self) -> EnvelopeEncoder:
         template = tracing.stamp(calls.by_name_template(
-            self._fn, {}, self._reply_to, self._options, self._chunk))
-        expires = (None if self._settings.secret is None
-                   else time.time() + self._producer.message_ttl)
+            self.fn, {}, self._reply_to, self._options, self._chunk))
+        expires = None
+        if self._settings.secret is not None:  # kept for a second: ``exp`` is in seconds
+            now = time.time()
+            expires, self._encoder_until = now + self._producer.message_ttl, now + 1.0
         self._encoder = EnvelopeEncoder(template, expires)
         return self._encoder
 
