@@ -87,6 +87,24 @@ def test_late_report_from_a_node_that_lost_its_lease_is_suppressed(broker: Broke
     assert broker.info()["suppressed"] == 2
 
 
+def test_ownership_is_read_right_past_a_truncated_range_and_other_nodes_entries(
+        broker: Broker) -> None:
+    """complete.lua reads ownership with one XPENDING over the reported ids' range: with
+    hundreds of this node's entries pending in between (the range read is truncated) and
+    another node's entries interleaved, exactly the owned, reported ones are applied."""
+    _enqueue(broker, 400, keep_result=True)
+    mine = _claim(broker, "n1", 150)
+    theirs = _claim(broker, "n2", 100)
+    mine += _claim(broker, "n1", 150)
+    reported = [mine[0], mine[149], mine[150], mine[-1]]  # range lo..hi spans all 400
+    assert broker.complete("n1", [_ok(e) for e in [*reported, theirs[7]]], 60) == (4, 1)
+    done = {routing_of(e.body).task_id for e in reported}  # type: ignore[union-attr]
+    assert all(broker.result(t) is not None for t in done)
+    assert broker.result(routing_of(theirs[7].body).task_id) is None  # type: ignore[union-attr]
+    assert broker.info()["in_flight"] == 400 - 4
+    assert broker.complete("n2", [_ok(theirs[7])], 60) == (1, 0)
+
+
 def test_renew_keeps_the_lease_and_only_for_the_owner(broker: Broker) -> None:
     _enqueue(broker, 2)
     _claim(broker, "n1")

@@ -17,7 +17,10 @@
 --
 -- Ownership: an outcome is applied only if this node still owns the entry (its pending
 -- entry names ARGV[2]). A node that lost its lease and reports late changes nothing;
--- its report is counted as suppressed.
+-- its report is counted as suppressed. Ownership is read with one XPENDING over this
+-- consumer's pending entries between the lowest and the highest id reported (a scan of
+-- its own pending list only), not one XPENDING per entry; an id that a truncated range
+-- did not reach is looked up alone.
 -- Returns {applied, suppressed}.
 
 local stream, stats, delayed, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -52,12 +55,41 @@ local function release_dedup(result_key, outcome)
   end
 end
 
+-- Stream ids "ms-seq" compare as number pairs (ms < 2^53: exact in a Lua number).
+local function id_less(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+
+local owned = {}  -- id -> true: pending under this consumer
+local lo, hi, n_reports = nil, nil, 0
+for i = 5, #ARGV, 8 do
+  local id = ARGV[i]
+  n_reports = n_reports + 1
+  if lo == nil or id_less(id, lo) then lo = id end
+  if hi == nil or id_less(hi, id) then hi = id end
+end
+local reach = nil  -- the highest id the range read covers, if it was truncated
+if n_reports > 0 then
+  local limit = 2 * n_reports + 64
+  local rows = redis.call('XPENDING', stream, group, lo, hi, limit, consumer)
+  for _, row in ipairs(rows) do owned[row[1]] = true end
+  if #rows >= limit then reach = rows[#rows][1] end
+end
+local function owns(id)
+  if owned[id] then return true end
+  if reach == nil or not id_less(reach, id) then return false end
+  local row = redis.call('XPENDING', stream, group, id, id, 1)
+  return row[1] ~= nil and row[1][2] == consumer
+end
+
 for i = 5, #ARGV, 8 do
   local id, kind = ARGV[i], ARGV[i + 1]
   local rk, ik, bk = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local outcome, x1, x2 = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  local owner = redis.call('XPENDING', stream, group, id, id, 1)
-  if owner[1] == nil or owner[1][2] ~= consumer then
+  if not owns(id) then
     n_suppressed = n_suppressed + 1
   else
     acked[#acked + 1] = id
