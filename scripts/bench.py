@@ -154,6 +154,8 @@ def make_rows(sizes: Sizes, f_approx: bool) -> list[Row]:
     rows = [
         Row("A", f"A  {sizes.a_tasks:,} no-ops, one submit each", "tasks/s",
             "≥ 1.0x mp", _ratio_at_least("A", 1.0)),
+        Row("A-cmds", "A  Redis commands per task (server-side)", "commands", "≤ 3",
+            _value("A-cmds", lambda x: x <= 3)),
         Row("A-metrics", "A  the same, node with --metrics", "tasks/s",
             "≥ 0.97x taskq A", _vs_loopback_a("A-metrics", 0.97)),
         Row("A-map", f"A-map  Pool.map(noop, range({sizes.map_items:,}))", "items/s",
@@ -542,7 +544,7 @@ class Bench:
 
     @staticmethod
     def row_keys(workload: str) -> list[str]:
-        return {"A": ["A", "A-metrics"], "A-map": ["A-map"], "B": ["B", "B-count"],
+        return {"A": ["A", "A-cmds", "A-metrics"], "A-map": ["A-map"], "B": ["B", "B-count"],
                 "C": ["C-p50", "C-p99", "C-idle"],
                 "D": ["D-rate", "D-submit", "D-mem", "D-mem-u"], "E": ["E"], "R": ["R"]}[workload]
 
@@ -610,7 +612,13 @@ class Bench:
                     pair = [("A", c, alive), ("A-metrics", cm, alive_m)]
                     if next(turn) % 2:
                         pair.reverse()
-                    return {key: taskq_a_once(cl, n, ok) for key, cl, ok in pair}
+                    out = {}
+                    for key, cl, ok in pair:
+                        before = self.command_calls()
+                        out[key] = taskq_a_once(cl, n, ok)
+                        if key == "A":  # server-side, scripts' inner calls included
+                            out["A-cmds"] = (self.command_calls() - before) / n
+                    return out
                 yield once
 
         def rq_(system: str) -> Session:
@@ -773,6 +781,12 @@ class Bench:
                                 "rq-simple": rq_("rq-simple")})
 
     # -- D: enqueue only -----------------------------------------------------------------
+
+    def command_calls(self) -> int:
+        """Commands Redis has run so far (``INFO commandstats``; a script's inner calls
+        count one each), less the INFO calls that read it."""
+        stats = self.redis.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
 
     def used_memory(self) -> int:
         return int(self.redis.info("memory")["used_memory"])
