@@ -35,6 +35,26 @@ _DEFAULTS = {"socket_timeout": 30.0, "socket_connect_timeout": 5.0, "socket_keep
 """Always set: no read waits forever on a master that vanished silently."""
 
 
+def _driver_info() -> dict[str, Any]:
+    """The ``driver_info`` of a single server's connections: the same CLIENT SETINFO as
+    redis-py's default, with its version given once. By default every new connection
+    looks redis-py's version up in the installed packages' metadata (~1 ms a
+    connection, ~3 ms the first: a node opens three before its first claim).
+    Empty on redis-py < 7.2, which has no DriverInfo (and does the same lookup)."""
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:
+        return {}
+    return {"driver_info": DriverInfo(lib_version=redis.__version__)}
+
+
+_DRIVER = _driver_info()
+
+
+def _single_server(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {**_DRIVER, **kwargs}
+
+
 def _timeouts(url: str, kwargs: dict[str, Any]) -> None:
     for name, value in _DEFAULTS.items():
         if not (name == "socket_keepalive" and url.startswith("unix:")):  # not for a socket file
@@ -62,7 +82,7 @@ def connect(url: str, *, retries: bool = True, **kwargs: Any) -> redis.Redis:
     if target is not None:
         return _connect_target(url, target, kwargs)
     try:
-        return redis.Redis.from_url(url, **kwargs)
+        return redis.Redis.from_url(url, **_single_server(kwargs))
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
 
@@ -151,7 +171,7 @@ def connection_pool(url: str, key: str | None = None, **kwargs: Any) -> redis.Co
             options["connection_class"] = redis.SSLConnection
         return SlotPool(_cluster_for_pools(url), key, **options)
     try:
-        return redis.ConnectionPool.from_url(url, **kwargs)
+        return redis.ConnectionPool.from_url(url, **_single_server(kwargs))
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
 
