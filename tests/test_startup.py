@@ -22,7 +22,7 @@ NOT_BEFORE_FIRST_CLAIM = (
     # the producer side and everything that stands on it
     "taskq.client", "taskq.compat", "taskq.local", "taskq.signed", "taskq.cli.run",
     "taskq.cli.inspect", "taskq.info", "taskq.broker.snapshot", "taskq.broker.rqcompat",
-    "taskq.dashboard", "taskq.rq", "taskq.tasks",
+    "taskq.dashboard", "taskq.rq",
     # heavy optional parts: pickled tasks, --metrics, cron expressions, the extras
     "taskq.node.signed_runner", "cloudpickle", "taskq.node.metrics", "taskq.node.health",
     "prometheus_client", "croniter", "starlette", "uvicorn", "rq",
