@@ -33,7 +33,8 @@ def test_bench_quick_prints_the_table() -> None:
         pytest.fail(f"bench.py --quick took over 60 s:\n{err[-3000:]}")
     assert proc.returncode == 0, err[-3000:]
     assert "workload" in out and "taskq÷mp" in out, out
-    for row in ("A  ", "A-map", "B  primes found", "C  ", "D  send_many", "D  2,000 submits", "E  worker start"):
+    for row in ("A  ", "A-map", "B  primes found", "C  ", "D  send_many", "D  2,000 submits",
+                "E  worker start"):
         assert row in out, f"row {row!r} missing:\n{out}"
     assert "error:" not in out, out
     table = out.split("----", 1)[1]

@@ -51,7 +51,7 @@ def append_many(client: redis.Redis, stream: str, entries: Sequence[tuple[bytes,
 def _send(target: redis.Redis, stream: str, entries: Sequence[tuple[bytes, bytes | None]],
           before: Sequence[Command], after: Sequence[Command]) -> list[Any]:
     pool = target.connection_pool
-    conn = pool.get_connection()
+    conn: Any = pool.get_connection()
     try:
         # Retried on a lost connection as the client's own commands are (its retry policy).
         replies = conn.retry.call_with_retry(
@@ -62,6 +62,7 @@ def _send(target: redis.Redis, stream: str, entries: Sequence[tuple[bytes, bytes
         raise
     finally:
         pool.release(conn)
+    replies = list(replies)
     for reply in replies:
         if isinstance(reply, redis.ResponseError):
             if isinstance(reply, REFUSED) and not all(isinstance(r, REFUSED) for r in replies):
