@@ -9,7 +9,8 @@ they import neither side.
 A task is one stream entry with these fields:
 
 - ``m``: the envelope, a JSON object (keys below);
-- ``s``: optional hex HMAC-SHA256 of ``domain || queue || m`` under the message key
+- ``s``: optional HMAC-SHA256 tag (:func:`taskq.signing.tag`: 128 bits, 22 characters of
+  base64url) of ``domain || queue || m`` under the message key
   derived from the shared secret (:func:`taskq.config.derive_key`). Binding the queue
   means an entry copied onto another queue does not verify there; the task id, the reply
   inbox and the expiry ``exp`` are in ``m``, so none can be changed either. A producer
