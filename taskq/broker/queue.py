@@ -44,6 +44,12 @@ def load_script(client: redis.Redis, package: str, name: str) -> Script:
     return client.register_script(source)
 
 
+def completion_result(reply: Any) -> tuple[int, int]:
+    """complete.lua's answer: (applied, suppressed)."""
+    applied, suppressed = reply
+    return int(applied), int(suppressed)
+
+
 class Broker:
     """One queue's Redis operations, on one client."""
 
@@ -193,6 +199,28 @@ class Broker:
                  result_ttl: float) -> tuple[int, int]:
         """Apply many (entry id, report) outcomes atomically; returns (applied, suppressed
         because this consumer no longer owns the entry)."""
+        keys, argv = self.completion_call(consumer, reports, result_ttl)
+        if not self.wait_replicas:
+            return completion_result(self._complete(keys=keys, args=argv))
+        pipe = self._writer()  # one connection for the script and the WAIT after it
+        self._complete(keys=keys, args=argv, client=pipe)
+        return completion_result(self._execute(pipe, "completion")[0])
+
+    def load_complete(self) -> None:
+        """Load complete.lua into the server's script cache, for ``EVALSHA`` sent on a
+        connection of its own (a server that lost it answers NOSCRIPT: the caller then
+        goes through :meth:`complete`, which loads it again)."""
+        self.client.script_load(self._complete.script)
+
+    @property
+    def complete_sha(self) -> str:
+        """The SHA1 of complete.lua, for an ``EVALSHA`` sent on a connection of its own
+        (:class:`taskq.broker.blocking.BlockingRead`)."""
+        return str(self._complete.sha)
+
+    def completion_call(self, consumer: str, reports: Sequence[tuple[bytes, Report]],
+                        result_ttl: float) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of complete.lua for these (entry id, report) outcomes."""
         keys = self.keys
         key_list: list[str] = [keys.stream, keys.stats, keys.delayed, keys.dead]
         index: dict[str, int] = {}
@@ -220,13 +248,7 @@ class Broker:
                     bk = key_index(keys.batch(r.routing.batch))
                     key_index(keys.batch_events(r.routing.batch))
             argv += [entry_id, r.kind, rk, ik, bk, r.outcome, r.packed, r.extra]
-        if not self.wait_replicas:
-            applied, suppressed = self._complete(keys=key_list, args=argv)
-        else:  # one connection for the script and the WAIT after it
-            pipe = self._writer()
-            self._complete(keys=key_list, args=argv, client=pipe)
-            applied, suppressed = self._execute(pipe, "completion")[0]
-        return int(applied), int(suppressed)
+        return key_list, argv
 
     def renew(self, consumer: str, entry_ids: Sequence[bytes] | None = None,
               limit: int = 100_000) -> int:

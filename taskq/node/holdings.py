@@ -6,6 +6,12 @@ count as this node's: their leases are renewed, and nothing is acknowledged befo
 outcome is recorded in Redis. *Suspects* are reclaimed entries that already lost two
 nodes (possible poison): the node holds at most one at a time.
 
+With a :class:`~taskq.broker.reporting.Completion` per queue, a completion call is sent
+and its answer collected later (:meth:`Holdings.collect`), at most one per queue at a
+time; the outcomes it carries stay unreported (and leased) until it is answered, and an
+outage abandons it (they are sent again). Without (in process, or when every completion
+must wait for replicas) each call is a blocking round trip.
+
 Only the best-effort calls made on the way out (:meth:`Holdings.settle`,
 :meth:`Holdings.give_back`) catch Redis errors; for the others the node loop decides what
 an outage means.
@@ -20,6 +26,7 @@ from typing import Any
 import redis
 
 from taskq.broker import Broker
+from taskq.broker.reporting import Completion
 from taskq.errors import BrokerError
 from taskq.message import Entry, Report, dead_letter
 from taskq.node.exits import describe
@@ -27,6 +34,7 @@ from taskq.node.exits import describe
 log = logging.getLogger("taskq.node")
 
 JobKey = tuple[int, bytes]  # (queue index, entry id)
+Unreported = tuple[int, bytes, Report]  # (queue index, entry id, report)
 OnReported = Callable[[int, Sequence[tuple[bytes, Report]], int], None]
 """Told after each completion call: (queue index, its (entry id, report) pairs, how many
 were suppressed)."""
@@ -40,13 +48,16 @@ class Holdings:
     """Held entries, unreported outcomes and suspects of one node, over its brokers."""
 
     def __init__(self, brokers: Sequence[Broker], node_id: str,
-                 on_reported: OnReported | None = None, secret: bytes | None = None) -> None:
+                 on_reported: OnReported | None = None, secret: bytes | None = None,
+                 completions: Sequence[Completion] | None = None) -> None:
         self.brokers = brokers
+        self.completions = completions  # one per queue; None: blocking completion calls
+        self._sent: dict[int, list[Unreported]] = {}  # queue index -> in the call outstanding
         self.secret = secret  # signs the dead letters of entries the producer signed
         self.node_id = node_id
         self.on_reported = on_reported
         self.held: dict[JobKey, Entry] = {}
-        self.unreported: list[tuple[int, bytes, Report]] = []  # (queue index, entry id, report)
+        self.unreported: list[Unreported] = []  # (queue index, entry id, report)
         self.suspects: set[JobKey] = set()
 
     # -- bookkeeping ------------------------------------------------------------------
@@ -77,23 +88,80 @@ class Holdings:
 
     # -- Redis ------------------------------------------------------------------------
 
-    def flush(self, result_ttl: float) -> None:
-        """One completion call per queue for everything finished; kept on failure."""
+    def flush(self, result_ttl: float, *, wait: bool = False) -> None:
+        """One completion call per queue for everything finished and not in a call yet:
+        sent, to be collected, with completions (unless ``wait``); else applied now. Kept
+        on failure."""
         if not self.unreported:
             return
-        by_queue: dict[int, list[tuple[bytes, Report]]] = {}
-        for qi, entry_id, report in self.unreported:
-            by_queue.setdefault(qi, []).append((entry_id, report))
-        for qi, reports in by_queue.items():
-            broker = self.brokers[qi]
-            _, suppressed = broker.complete(self.node_id, reports, result_ttl)
-            if suppressed:
-                log.warning("lease lost: %d late report(s) from %s suppressed, their lease had "
-                            "passed to another node", suppressed, broker.queue,
-                            extra={"queue": broker.queue, "suppressed": suppressed})
-            if self.on_reported is not None:
-                self.on_reported(qi, reports, suppressed)
-            self.unreported = [u for u in self.unreported if u[0] != qi]
+        by_queue: dict[int, list[Unreported]] = {}
+        for u in self.unreported:
+            if u[0] not in self._sent:  # one call per queue at a time: order is kept
+                by_queue.setdefault(u[0], []).append(u)
+        for qi, items in by_queue.items():
+            reports = [(entry_id, report) for _, entry_id, report in items]
+            if self.completions is None or wait:
+                _, suppressed = self.brokers[qi].complete(self.node_id, reports, result_ttl)
+                self._reported(qi, items, suppressed)
+            else:
+                self.completions[qi].send(self.node_id, reports, result_ttl)
+                self._sent[qi] = items
+
+    def waitables(self) -> list[Any]:
+        """The sockets of the completion calls outstanding."""
+        assert self.completions is not None or not self._sent
+        return [self.completions[qi].waitable() for qi in self._sent]  # type: ignore[index]
+
+    def collect(self, result_ttl: float, *, wait: bool = False) -> bool:
+        """Take the answers of the completion calls that are in (all of them, waiting for
+        each, with ``wait``); True if any was. A server that lost its scripts gets the
+        call again through the broker (which loads complete.lua)."""
+        if not self._sent:
+            return False
+        assert self.completions is not None
+        answered = False
+        for qi, items in list(self._sent.items()):
+            completion = self.completions[qi]
+            if not wait and not completion.ready():
+                continue
+            try:
+                _, suppressed = completion.read()
+            except redis.exceptions.NoScriptError:  # nothing applied: again, loading it
+                del self._sent[qi]
+                reports = [(entry_id, report) for _, entry_id, report in items]
+                _, suppressed = self.brokers[qi].complete(self.node_id, reports, result_ttl)
+            except BaseException:
+                self.abandon()
+                raise
+            self._sent.pop(qi, None)
+            self._reported(qi, items, suppressed)
+            answered = True
+        return answered
+
+    def abandon(self) -> None:
+        """Redis went away: drop the calls outstanding; their outcomes stay unreported and
+        are sent again (one that was applied is then suppressed: its entries are gone)."""
+        for qi in self._sent:
+            self.completions[qi].drop()  # type: ignore[index]
+        self._sent.clear()
+
+    def close(self) -> None:
+        """Drop the calls outstanding and release their connections."""
+        self.abandon()
+        for completion in self.completions or ():
+            completion.close()
+
+    def _reported(self, qi: int, items: list[Unreported], suppressed: int) -> None:
+        broker = self.brokers[qi]
+        if suppressed:
+            log.warning("lease lost: %d late report(s) from %s suppressed, their lease had "
+                        "passed to another node", suppressed, broker.queue,
+                        extra={"queue": broker.queue, "suppressed": suppressed})
+        if self.on_reported is not None:
+            self.on_reported(qi, [(entry_id, report) for _, entry_id, report in items],
+                             suppressed)
+        done = {id(u) for u in items}
+        self.unreported = [u for u in self.unreported if id(u) not in done]
 
     def renew(self) -> None:
         """Renew the lease of what this node holds: running or queued in the pool, or
@@ -157,8 +225,10 @@ class Holdings:
     # -- on the way out: best effort --------------------------------------------------
 
     def settle(self, result_ttl: float) -> None:
-        """Report what finished, then give back everything still held."""
-        _best_effort(self.flush, result_ttl)
+        """Report what finished (the calls outstanding answered first), then give back
+        everything still held."""
+        _best_effort(self.collect, result_ttl, wait=True)
+        _best_effort(self.flush, result_ttl, wait=True)
         self.give_back(list(self.held))
 
     def give_back(self, keys: Sequence[JobKey]) -> None:
@@ -167,9 +237,9 @@ class Holdings:
         _best_effort(self.hand_back_unheld)
 
 
-def _best_effort(fn: Callable[..., object], *args: Any) -> None:
+def _best_effort(fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
     try:
-        fn(*args)
+        fn(*args, **kwargs)
     except (redis.RedisError, BrokerError) as exc:
         log.warning("could not reach Redis during shutdown (%s); the lease will return "
                     "these tasks to the queue", exc)

@@ -100,8 +100,10 @@ class Node:
         self.processed = self.failed = 0
         self.telemetry = Telemetry(settings.queues, settings.metrics)
         self.metrics = self.telemetry.metrics  # None unless settings.metrics
+        completions = parts.make_completions(settings.url, self.brokers, settings,
+                                             in_process=client is not None)
         self._holdings = Holdings(self.brokers, self.node_id, self.telemetry.on_reported,
-                                  secret=settings.secret)
+                                  secret=settings.secret, completions=completions)
         self.telemetry.attach(self._holdings, self.pool)
         self.control = NodeControl(self.node_id, self.client, self.brokers, self._holdings,
                                    self.pool, url=None if client is not None else settings.url,
@@ -193,6 +195,7 @@ class Node:
         self.telemetry.close()
         self.claim.close()
         self.control.close()
+        self._holdings.close()
         remove_node(self.client, self.node_id)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -207,6 +210,7 @@ class Node:
     def _setup(self) -> None:
         for broker in self.brokers:
             broker.ensure_group()
+            broker.load_complete()  # completion calls are EVALSHAs on their own connection
 
     def finished(self) -> bool:
         """Should the loop end? (Stopped and drained; or, in burst mode, out of work.)"""
@@ -233,7 +237,8 @@ class Node:
         self.telemetry.beat(now)
         if not self._backoff.waiting(now):
             self._guarded(self._talk, now)
-        waitables: list[Any] = [self._wake_r, *self.telemetry.waitables()]
+        waitables: list[Any] = [self._wake_r, *self.telemetry.waitables(),
+                                *self._holdings.waitables()]
         control = self.control.waitable()
         if control is not None:
             waitables.append(control)
@@ -248,6 +253,7 @@ class Node:
                               also_wait=waitables)
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 512)
+        self._guarded(self._holdings.collect, self.settings.result_ttl)  # calls answered
         if done:
             self._finish(done)
         if surplus := self.pool.take_surplus():  # unstarted behind overruns: others may run them
@@ -319,6 +325,7 @@ class Node:
                 "Redis unavailable (%s); retrying in %.1f s", exc, delay)
         self.claim.drop()
         self.control.drop()
+        self._holdings.abandon()  # completion calls outstanding: sent again once it is back
         refresh(self.client)  # a failover: the slots may have new masters (no-op off cluster)
         self.schedule.make_due("renew")  # first thing once it is back: keep what we hold
 

@@ -16,6 +16,7 @@ import redis
 from taskq.broker import Broker, connect
 from taskq.broker.claim import Claim, Claimer, ClusterClaim, SyncClaim
 from taskq.broker.cluster import is_cluster
+from taskq.broker.reporting import Completion
 from taskq.config import Settings
 from taskq.message import Entry, Report
 from taskq.node import runner
@@ -44,6 +45,17 @@ def make_claim(url: str, client: redis.Redis, brokers: Sequence[Broker], node_id
         return SyncClaim(client, streams, node_id)
     multi = ClusterClaim if is_cluster(client) and len(streams) > 1 else Claim
     return multi(url, streams, node_id, socket_timeout=SOCKET_TIMEOUT)
+
+
+def make_completions(url: str, brokers: Sequence[Broker], settings: Settings, *,
+                     in_process: bool) -> list[Completion] | None:
+    """A completion call per queue on a connection of its own, answered while the loop
+    goes on (:mod:`taskq.broker.reporting`); None, for blocking calls, in process (a given
+    client, fakeredis included) and with ``wait_replicas`` (the WAIT after each call
+    shares the script's connection)."""
+    if in_process or settings.wait_replicas:
+        return None
+    return [Completion(b, url, socket_timeout=SOCKET_TIMEOUT) for b in brokers]
 
 
 def make_pool(settings: Settings, imports: Sequence[str], init: str | None,
