@@ -7,7 +7,8 @@ are both handled the moment they arrive:
 
     Redis stream ──XREADGROUP COUNT n──▶ held ──▶ SupervisedPool ──▶ Done
          ▲                                                         │
-         └────────── complete.lua (one call per poll, per queue) ◀─┘
+         └── complete.lua (one call outstanding per queue, answer ◀─┘
+             read when it is in: :mod:`taskq.broker.reporting`)
 
 Every few seconds it renews the lease of everything it holds (renew.lua), reclaims
 entries whose lease expired on other nodes (reclaim.lua), promotes due retries
