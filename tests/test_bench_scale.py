@@ -45,7 +45,8 @@ def test_bench_scale_quick_prints_the_table_and_writes_the_plot(tmp_path: Path) 
         assert condition in out, f"condition {condition!r} missing:\n{out}"
     table = out.split("-------", 1)[1]
     for row in ("claim (XREADGROUP COUNT 100)", "Redis memory per waiting task",
-                "renew.lua per call", "reclaim.lua per call", "1,000 pending",
+                "renew, all listed", "renew.lua, longest call", "reclaim.lua per call",
+                "1,000 pending",
                 "primes < 200,000", "Redis commands / bytes per no-op", "2 nodes x 1 proc",
                 "1,000,000 B argument", "Redis memory per stored result", "all expired"):
         assert row in table, f"row {row!r} missing:\n{out}"

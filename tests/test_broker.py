@@ -114,6 +114,26 @@ def test_renew_keeps_the_lease_and_only_for_the_owner(broker: Broker) -> None:
     assert broker.renew("n2") == 0  # renewing never steals
 
 
+def test_renew_in_slices_and_pages_renews_exactly_what_is_listed_and_owned(
+        broker: Broker) -> None:
+    """Listed ids go in sorted slices (broker.RENEW_SLICE), each over its own id range,
+    read in pages when the node owns many unlisted entries in between: every listed,
+    owned entry is renewed; unlisted ones and one reclaimed by another node are not."""
+    _enqueue(broker, 2600)
+    mine = _claim(broker, "n1", 2500)
+    theirs = _claim(broker, "n2", 100)
+    time.sleep(0.06)
+    listed = [e.entry_id for e in mine[:1200]] + [mine[-1].entry_id]  # 2 slices; 1,299 unlisted
+    stolen = broker.reclaim("n3", lease=0.05, count=1, plain=True)[0][0].entry_id
+    assert stolen == mine[0].entry_id
+    assert broker.renew("n1", listed[::-1] + [theirs[0].entry_id]) == len(listed) - 1
+    idle = {row["message_id"]: row["time_since_delivered"] for row in
+            broker.client.xpending_range(broker.keys.stream, GROUP, "-", "+", 3000)}
+    assert all(idle[i] < 50 for i in listed[1:])
+    assert all(idle[e.entry_id] >= 50 for e in mine[1200:-1])  # unlisted: left to expire
+    assert idle[theirs[0].entry_id] >= 50  # another node's: never touched
+
+
 def test_retry_goes_through_the_delayed_set_with_the_next_attempt(broker: Broker) -> None:
     _enqueue(broker, 1)
     (entry,) = _claim(broker, "n1")

@@ -34,6 +34,9 @@ WAIT_TIMEOUT = 5.0
 """Seconds a ``WAIT`` for replicas may take before the write counts as under-replicated."""
 log = logging.getLogger("taskq.broker")
 
+RENEW_SLICE = 1000
+"""Held entries renewed per renew.lua call."""
+
 Signed = tuple[bytes, bytes | None]
 """An envelope ready to queue: body and its signature (None: unsigned)."""
 
@@ -42,6 +45,11 @@ def load_script(client: redis.Redis, package: str, name: str) -> Script:
     """A Lua script of ``package``'s ``lua/`` folder, registered on ``client``."""
     source = resources.files(package).joinpath(f"lua/{name}.lua").read_text()
     return client.register_script(source)
+
+
+def _stream_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def completion_result(reply: Any) -> tuple[int, int]:
@@ -252,11 +260,20 @@ class Broker:
 
     def renew(self, consumer: str, entry_ids: Sequence[bytes] | None = None,
               limit: int = 100_000) -> int:
-        """Reset the lease clock of ``entry_ids`` (None: of all) that ``consumer`` still owns."""
-        if entry_ids is not None and not entry_ids:
-            return 0
-        args: list[Any] = [GROUP, consumer, limit, *(entry_ids or ())]
-        return int(self._renew(keys=[self.keys.stream], args=args))
+        """Reset the lease clock of ``entry_ids`` (None: of all, up to ``limit``) that
+        ``consumer`` still owns. Listed ids go in sorted slices of :data:`RENEW_SLICE`,
+        one call each over its own id range: with 10,000 held, no call blocks Redis for
+        more than a few ms."""
+        if entry_ids is None:
+            return int(self._renew(keys=[self.keys.stream],
+                                   args=[GROUP, consumer, limit, "-", "+"]))
+        ids = sorted(entry_ids, key=_stream_order)
+        renewed = 0
+        for i in range(0, len(ids), RENEW_SLICE):
+            part = ids[i:i + RENEW_SLICE]
+            renewed += int(self._renew(keys=[self.keys.stream], args=[
+                GROUP, consumer, 2 * len(part) + 64, part[0], part[-1], *part]))
+        return renewed
 
     def reclaim(self, consumer: str, lease: float, count: int, *, suspects: int | None = None,
                 plain: bool = True, max_deliveries: int = 2**31) -> list[tuple[Entry, int]]:
