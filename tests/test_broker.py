@@ -126,7 +126,7 @@ def test_renew_in_slices_and_pages_renews_exactly_what_is_listed_and_owned(
     listed = [e.entry_id for e in mine[:1200]] + [mine[-1].entry_id]  # 2 slices; 1,299 unlisted
     stolen = broker.reclaim("n3", lease=0.05, count=1, plain=True)[0][0].entry_id
     assert stolen == mine[0].entry_id
-    assert broker.renew("n1", listed[::-1] + [theirs[0].entry_id]) == len(listed) - 1
+    assert broker.renew("n1", [*listed[::-1], theirs[0].entry_id]) == len(listed) - 1
     idle = {row["message_id"]: row["time_since_delivered"] for row in
             broker.client.xpending_range(broker.keys.stream, GROUP, "-", "+", 3000)}
     assert all(idle[i] < 50 for i in listed[1:])
