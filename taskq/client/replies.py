@@ -45,9 +45,9 @@ from taskq.signing import outcome_verifies
 log = logging.getLogger("taskq.client")
 
 STOP = b"stop"
+"""Pushed into the inbox by close(): wakes the listener so it can see it should stop."""
 _WAITED = 0.0005
 """A blocking pop that took longer than this (s) waited for its reply: no backlog."""
-"""Pushed into the inbox by close(): wakes the listener so it can see it should stop."""
 
 
 @dataclass(frozen=True)
