@@ -30,10 +30,6 @@ class Completion:
             url, key=broker.keys.stream, socket_timeout=socket_timeout,
             socket_connect_timeout=5.0))
 
-    @property
-    def outstanding(self) -> bool:
-        return self._read.outstanding
-
     def waitable(self) -> socket.socket | None:
         return self._read.waitable()
 

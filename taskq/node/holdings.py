@@ -99,12 +99,10 @@ class Holdings:
             if u[0] not in self._sent:  # one call per queue at a time: order is kept
                 by_queue.setdefault(u[0], []).append(u)
         for qi, items in by_queue.items():
-            reports = [(entry_id, report) for _, entry_id, report in items]
             if self.completions is None or wait:
-                _, suppressed = self.brokers[qi].complete(self.node_id, reports, result_ttl)
-                self._reported(qi, items, suppressed)
+                self._complete_now(qi, items, result_ttl)
             else:
-                self.completions[qi].send(self.node_id, reports, result_ttl)
+                self.completions[qi].send(self.node_id, _pairs(items), result_ttl)
                 self._sent[qi] = items
 
     def waitables(self) -> list[Any]:
@@ -112,14 +110,13 @@ class Holdings:
         assert self.completions is not None or not self._sent
         return [self.completions[qi].waitable() for qi in self._sent]  # type: ignore[index]
 
-    def collect(self, result_ttl: float, *, wait: bool = False) -> bool:
+    def collect(self, result_ttl: float, *, wait: bool = False) -> None:
         """Take the answers of the completion calls that are in (all of them, waiting for
-        each, with ``wait``); True if any was. A server that lost its scripts gets the
-        call again through the broker (which loads complete.lua)."""
+        each, with ``wait``). A server that lost its scripts gets the call again through
+        the broker (which loads complete.lua)."""
         if not self._sent:
-            return False
+            return
         assert self.completions is not None
-        answered = False
         for qi, items in list(self._sent.items()):
             completion = self.completions[qi]
             if not wait and not completion.ready():
@@ -128,15 +125,13 @@ class Holdings:
                 _, suppressed = completion.read()
             except redis.exceptions.NoScriptError:  # nothing applied: again, loading it
                 del self._sent[qi]
-                reports = [(entry_id, report) for _, entry_id, report in items]
-                _, suppressed = self.brokers[qi].complete(self.node_id, reports, result_ttl)
+                self._complete_now(qi, items, result_ttl)
+                continue
             except BaseException:
                 self.abandon()
                 raise
-            self._sent.pop(qi, None)
+            del self._sent[qi]
             self._reported(qi, items, suppressed)
-            answered = True
-        return answered
 
     def abandon(self) -> None:
         """Redis went away: drop the calls outstanding; their outcomes stay unreported and
@@ -151,6 +146,11 @@ class Holdings:
         for completion in self.completions or ():
             completion.close()
 
+    def _complete_now(self, qi: int, items: list[Unreported], result_ttl: float) -> None:
+        """One blocking completion call for ``items`` of queue ``qi``."""
+        _, suppressed = self.brokers[qi].complete(self.node_id, _pairs(items), result_ttl)
+        self._reported(qi, items, suppressed)
+
     def _reported(self, qi: int, items: list[Unreported], suppressed: int) -> None:
         broker = self.brokers[qi]
         if suppressed:
@@ -158,8 +158,7 @@ class Holdings:
                         "passed to another node", suppressed, broker.queue,
                         extra={"queue": broker.queue, "suppressed": suppressed})
         if self.on_reported is not None:
-            self.on_reported(qi, [(entry_id, report) for _, entry_id, report in items],
-                             suppressed)
+            self.on_reported(qi, _pairs(items), suppressed)
         done = {id(u) for u in items}
         self.unreported = [u for u in self.unreported if id(u) not in done]
 
@@ -235,6 +234,11 @@ class Holdings:
         """Hand back ``keys`` and whatever a dropped claim delivered to us."""
         _best_effort(self.hand_back, keys)
         _best_effort(self.hand_back_unheld)
+
+
+def _pairs(items: list[Unreported]) -> list[tuple[bytes, Report]]:
+    """The (entry id, report) pairs a completion call takes."""
+    return [(entry_id, report) for _, entry_id, report in items]
 
 
 def _best_effort(fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
