@@ -8,11 +8,10 @@ connection's own (hiredis) parser. The writes are sent in slices, and each slice
 replies are read while Redis works on the next one, so the producer's packing and
 reading overlap Redis's appending.
 
-It speaks for one key's slot, as :class:`taskq.broker.cluster._SlotPipeline` does: on a
+It speaks for one key's slot, as :class:`taskq.broker.cluster._SlotPipeline` does, and
+rides out a failover the same way (:func:`taskq.broker.cluster.follow_failover`): on a
 cluster the commands go to the master of the stream's slot; a write the server refused
-whole (``MOVED``, ``READONLY``...: nothing of it was applied) is sent again once after
-a topology refresh; a lost connection refreshes the map and is raised (whether it was
-applied is unknown: the caller's outage handling decides, at least once).
+whole is sent again once after a topology refresh; a lost connection is raised.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any
 
 import redis
 
-from taskq.broker.cluster import REFUSED, refresh, slot_client
+from taskq.broker.cluster import REFUSED, follow_failover, slot_client
 
 Command = Sequence[Any]
 """A plain command (name and arguments) sent before or after the appends."""
@@ -38,14 +37,10 @@ def append_many(client: redis.Redis, stream: str, entries: Sequence[tuple[bytes,
     ``after``, on one connection of the master that owns ``stream``'s slot; every reply,
     in order (entry ids for the appends). Raises the first error reply after reading all
     of them (the connection stays in step)."""
-    try:
+    def write() -> list[Any]:  # on the slot's master as the map says now
         return _send(slot_client(client, stream), stream, entries, before, after)
-    except REFUSED:
-        refresh(client, force=True)  # nothing was applied: send it again, once
-        return _send(slot_client(client, stream), stream, entries, before, after)
-    except (redis.ConnectionError, redis.TimeoutError):
-        refresh(client)  # the master may be gone: the next write asks the new map
-        raise
+
+    return follow_failover(client, write, write)
 
 
 def _send(target: redis.Redis, stream: str, entries: Sequence[tuple[bytes, bytes | None]],
@@ -54,7 +49,7 @@ def _send(target: redis.Redis, stream: str, entries: Sequence[tuple[bytes, bytes
     conn: Any = pool.get_connection()
     try:
         # Retried on a lost connection as the client's own commands are (its retry policy).
-        replies = conn.retry.call_with_retry(
+        replies: list[Any] = conn.retry.call_with_retry(
             lambda: _exchange(conn, stream.encode(), entries, before, after),
             lambda _error: conn.disconnect())
     except BaseException:
@@ -62,7 +57,6 @@ def _send(target: redis.Redis, stream: str, entries: Sequence[tuple[bytes, bytes
         raise
     finally:
         pool.release(conn)
-    replies = list(replies)
     for reply in replies:
         if isinstance(reply, redis.ResponseError):
             if isinstance(reply, REFUSED) and not all(isinstance(r, REFUSED) for r in replies):

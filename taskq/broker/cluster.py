@@ -25,12 +25,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import redis
 from redis.client import Pipeline
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
+
+T = TypeVar("T")
 
 TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
@@ -96,6 +99,22 @@ def slot_client(client: redis.Redis, key: str) -> redis.Redis:
     return _SlotClient(cluster, key, conn.connection_pool)
 
 
+def follow_failover(client: Any, write: Callable[[], T], again: Callable[[], T]) -> T:
+    """``write()`` to one slot's master, riding out a failover: a write the server
+    refused whole (:data:`REFUSED`: nothing of it was applied) is sent once more with
+    ``again()`` after a topology refresh; a lost connection refreshes the map and is
+    raised (whether it was applied is unknown: the caller's outage handling decides).
+    Off a cluster the refreshes are no-ops."""
+    try:
+        return write()
+    except REFUSED:
+        refresh(client, force=True)  # nothing was applied: send it again, once
+        return again()
+    except (redis.ConnectionError, redis.TimeoutError):
+        refresh(client)  # the master may be gone: the next write asks the new map
+        raise
+
+
 REFUSED: tuple[type[BaseException], ...] = (
     redis.exceptions.AskError, redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError, redis.exceptions.ReadOnlyError)
@@ -125,17 +144,15 @@ class _SlotPipeline(Pipeline):
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack, scripts = list(self.command_stack), set(self.scripts)
-        try:
-            return super().execute(raise_on_error)
-        except REFUSED:
-            refresh(self._cluster, force=True)  # nothing was applied: send it again, once
-            again = slot_client(cast(redis.Redis, self._cluster), self._key).pipeline(
+
+        def again() -> list[Any]:
+            pipe = slot_client(cast(redis.Redis, self._cluster), self._key).pipeline(
                 transaction=self.transaction)
-            again.command_stack, again.scripts = stack, scripts
-            return Pipeline.execute(again, raise_on_error)
-        except (redis.ConnectionError, redis.TimeoutError):
-            refresh(self._cluster)  # the master may be gone: the next write asks the new map
-            raise
+            pipe.command_stack, pipe.scripts = stack, scripts
+            return Pipeline.execute(pipe, raise_on_error)
+
+        return follow_failover(self._cluster, lambda: super(_SlotPipeline, self).execute(
+            raise_on_error), again)
 
 
 class SlotPool(redis.ConnectionPool):
