@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from script_helpers import ROOT, run_script
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "bench_scale.py"
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -23,24 +22,9 @@ HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 def test_bench_scale_quick_prints_the_table_and_writes_the_plot(tmp_path: Path) -> None:
     # CI installs only the test extra: there the table is still checked, without the plot
     png = tmp_path / "scale.png"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    env.pop("TASKQ_URL", None)  # the script must start its own Redis
     plot = ["--plot", str(png)] if HAS_MATPLOTLIB else ["--no-plot"]
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--quick", *plot],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=ROOT)
-    try:
-        out, err = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # lets it stop its Redis and nodes
-        try:
-            out, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # its guard process still stops what it started
-            out, err = proc.communicate()
-        pytest.fail(f"bench_scale.py --quick took over 90 s:\n{err[-3000:]}")
-    assert proc.returncode == 0, err[-3000:]
+    returncode, out, err = run_script(SCRIPT, "--quick", *plot, timeout=90)
+    assert returncode == 0, err[-3000:]
     for condition in ("machine: ", " CPUs (", "(redis-server ", "; taskq ", "sizes: backlogs"):
         assert condition in out, f"condition {condition!r} missing:\n{out}"
     table = out.split("-------", 1)[1]
